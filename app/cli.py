@@ -1,0 +1,114 @@
+"""The `fitserve` command: serve, api, worker, db upgrade."""
+
+import argparse
+import logging
+import signal
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from app.config import Settings
+from app.logs import configure_logging
+
+logger = logging.getLogger("fitserve")
+MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+
+
+def upgrade_database(settings: Settings, revision: str = "head") -> None:
+    """Apply the Alembic migrations to the configured database."""
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["database_url"] = settings.database_url
+    command.upgrade(config, revision)
+
+
+def run_api(settings: Settings, semaphore: Any = None) -> None:
+    """Serve the HTTP API in this process (no training happens here)."""
+    import uvicorn
+
+    from app.main import create_app
+    from app.worker.worker import Wakeup
+
+    configure_logging()
+    wakeup = Wakeup(semaphore) if semaphore is not None else None
+    app = create_app(settings, wakeup=wakeup.notify if wakeup else None)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", access_log=False)
+
+
+def _stop_event() -> threading.Event:
+    stop = threading.Event()
+
+    def handle(_signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, handle)
+    return stop
+
+
+def serve(settings: Settings, *, with_api: bool, with_workers: bool) -> int:
+    """Run the API and/or the local worker pool until SIGTERM or SIGINT."""
+    from app.worker.pool import SPAWN, WorkerPool
+
+    stop = _stop_event()
+    semaphore = SPAWN.Semaphore(0) if with_api and with_workers else None
+    pool = WorkerPool(settings, semaphore=semaphore) if with_workers else None
+    api = (
+        SPAWN.Process(target=run_api, args=(settings, semaphore), name="fitserve-api")
+        if with_api
+        else None
+    )
+    if pool is not None:
+        pool.start()
+        logger.info("worker pool on devices %s", ", ".join(pool.devices))
+    if api is not None:
+        api.start()
+        logger.info("API on http://%s:%s (docs at /docs)", settings.host, settings.port)
+    exit_code = 0
+    while not stop.wait(0.5):
+        if api is not None and not api.is_alive():
+            logger.error("API process exited with %s", api.exitcode)
+            exit_code = 1
+            break
+        if pool is not None:
+            pool.replace_dead()
+    if api is not None and api.is_alive():
+        api.terminate()
+    if pool is not None:
+        pool.stop()
+    if api is not None:
+        api.join(settings.shutdown_grace_seconds)
+    return exit_code
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the command line and run the chosen command."""
+    parser = argparse.ArgumentParser(prog="fitserve", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("serve", help="API and local workers (one per device slot)")
+    commands.add_parser("api", help="the API alone; workers run elsewhere")
+    worker = commands.add_parser("worker", help="workers alone, against the configured database")
+    worker.add_argument(
+        "--devices", help="comma-separated device slots (default: FITSERVE_DEVICES)"
+    )
+    db = commands.add_parser("db", help="database schema")
+    db.add_argument("action", choices=["upgrade"])
+    db.add_argument("revision", nargs="?", default="head")
+    args = parser.parse_args(argv)
+
+    configure_logging()
+    settings = Settings()
+    if args.command == "db":
+        upgrade_database(settings, args.revision)
+        return 0
+    if args.command == "worker" and args.devices:
+        settings = settings.model_copy(update={"devices": Settings(devices=args.devices).devices})
+    return serve(
+        settings,
+        with_api=args.command in ("serve", "api"),
+        with_workers=args.command in ("serve", "worker"),
+    )

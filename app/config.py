@@ -1,0 +1,71 @@
+"""The one settings class: every knob is a FITSERVE_* environment variable."""
+
+from typing import Annotated
+
+from pydantic import AliasChoices, BaseModel, Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Limits(BaseModel):
+    """Bounds on what one request may ask for; each breach is a 422 naming the field."""
+
+    max_epochs: int = 10_000
+    max_batch_size: int = 65_536
+    max_rows: int = 1_000_000
+    max_cells: int = 20_000_000
+    max_features: int = 10_000
+    max_classes: int = 1_000
+    max_hidden_width: int = 4_096
+    max_hidden_layers: int = 16
+    max_parameters: int = 20_000_000
+    max_predict_rows: int = 100_000
+
+
+class Settings(BaseSettings):
+    """fitserve's configuration, read once at start-up and passed to whoever needs it."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="FITSERVE_", env_nested_delimiter="__", extra="ignore"
+    )
+
+    database_url: str = Field(
+        default="sqlite:///./fitserve.db",
+        validation_alias=AliasChoices("FITSERVE_DATABASE_URL", "DATABASE_URL"),
+    )
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    devices: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Device slots, one worker each (comma-separated); empty: every GPU, else cpu.",
+    )
+    torch_threads: int = Field(default=1, ge=1)
+
+    lease_seconds: float = Field(default=30.0, gt=0)
+    heartbeat_seconds: float = Field(default=5.0, gt=0)
+    poll_seconds: float = Field(default=2.0, gt=0)
+    shutdown_grace_seconds: float = Field(default=20.0, gt=0)
+    default_max_attempts: int = Field(default=3, ge=1)
+    chaos_enabled: bool = Field(
+        default=False,
+        description="Honour the run spec's `chaos` fault-injection field (tests only).",
+    )
+
+    max_body_bytes: int = 64 * 1024 * 1024
+    model_cache_entries: int = 256
+    model_cache_bytes: int = 1024 * 1024 * 1024
+    predict_device: str = "cpu"
+
+    limits: Limits = Field(default_factory=Limits)
+
+    @field_validator("devices", mode="before")
+    @classmethod
+    def _split_devices(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @property
+    def is_sqlite(self) -> bool:
+        """Whether the configured database is SQLite."""
+        return self.database_url.startswith("sqlite")

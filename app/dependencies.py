@@ -1,0 +1,53 @@
+"""FastAPI dependencies: settings, sessions and the model cache from the app's state.
+
+The cheap ones are `async def` so FastAPI calls them inline instead of in its thread pool.
+"""
+
+from collections.abc import Callable, Iterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.config import Settings
+from app.serving.cache import ModelCache
+
+
+async def get_settings(request: Request) -> Settings:
+    """The settings the app was created with."""
+    return request.app.state.settings
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    """A session for one request; the router commits what it changes."""
+    with request.app.state.sessions() as session:
+        yield session
+
+
+async def get_read_session_factory(request: Request) -> sessionmaker[Session]:
+    """The read-session factory, for handlers that only touch the database on a cache miss."""
+    return request.app.state.read_sessions
+
+
+def get_read_session(request: Request) -> Iterator[Session]:
+    """A session for reads, which on SQLite never waits behind writers."""
+    with request.app.state.read_sessions() as session:
+        yield session
+
+
+async def get_model_cache(request: Request) -> ModelCache:
+    """The process's model cache."""
+    return request.app.state.model_cache
+
+
+async def get_wakeup(request: Request) -> Callable[[], None]:
+    """Wakes a local idle worker after a run is queued (a no-op without a local pool)."""
+    return request.app.state.wakeup
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+SessionDep = Annotated[Session, Depends(get_session)]
+ReadSessionDep = Annotated[Session, Depends(get_read_session)]
+ReadSessionFactoryDep = Annotated[sessionmaker[Session], Depends(get_read_session_factory)]
+ModelCacheDep = Annotated[ModelCache, Depends(get_model_cache)]
+WakeupDep = Annotated[Callable[[], None], Depends(get_wakeup)]

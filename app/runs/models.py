@@ -1,0 +1,123 @@
+"""Tables of a training run: the run (also the queue entry), its epochs, checkpoint and weights."""
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import JSON, ForeignKey, Index, LargeBinary, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.database import Base, UTCDateTime, utcnow
+
+
+class RunStatus(StrEnum):
+    """Where a run is in its life."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    CANCELLING = "cancelling"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+ACTIVE_STATUSES = (RunStatus.RUNNING, RunStatus.CANCELLING)
+FINAL_STATUSES = (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED)
+
+
+class FailureKind(StrEnum):
+    """Why a run failed."""
+
+    INVALID_INPUT = "invalid_input"
+    DIVERGED = "diverged"
+    WORKER_LOST = "worker_lost"
+    TIMEOUT = "timeout"
+    INTERNAL = "internal"
+
+
+class Run(Base):
+    """A training run; queued rows are the work queue that workers claim from."""
+
+    __tablename__ = "runs"
+    __table_args__ = (
+        Index("ix_runs_status_id", "status", "id"),
+        Index("ix_runs_status_lease", "status", "lease_expires_at"),
+        # Ids are never reused, so a cached model keyed by run id can never outlive its run.
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), default=RunStatus.QUEUED)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    task: Mapped[str] = mapped_column(String(16))
+    device_request: Mapped[str] = mapped_column(String(32))
+    device: Mapped[str | None] = mapped_column(String(32))
+    epochs_total: Mapped[int]
+    epochs_done: Mapped[int] = mapped_column(default=0)
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
+
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    queued_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    # attempt is the fencing token: every claim bumps it, and every write a worker
+    # makes for the run names the attempt it holds.
+    attempt: Mapped[int] = mapped_column(default=0)
+    lost_attempts: Mapped[int] = mapped_column(default=0)
+    max_attempts: Mapped[int]
+    worker_id: Mapped[str | None] = mapped_column(String(128))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    failure_kind: Mapped[str | None] = mapped_column(String(32))
+    error: Mapped[str | None] = mapped_column(Text)
+    metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    estimation_error: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+    @property
+    def progress(self) -> dict[str, int]:
+        """Epochs finished out of epochs asked for."""
+        return {"epoch": self.epochs_done, "epochs": self.epochs_total}
+
+
+class Epoch(Base):
+    """One finished epoch of a run; (run_id, epoch) is unique so resumes cannot duplicate it."""
+
+    __tablename__ = "epochs"
+    __table_args__ = (UniqueConstraint("run_id", "epoch"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    epoch: Mapped[int]
+    attempt: Mapped[int]
+    train_loss: Mapped[float]
+    val_loss: Mapped[float | None]
+    metrics: Mapped[dict[str, float]] = mapped_column(JSON)
+    seconds: Mapped[float]
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Checkpoint(Base):
+    """The latest resumable training state of a run (safetensors tensors + JSON state)."""
+
+    __tablename__ = "checkpoints"
+
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    attempt: Mapped[int]
+    epoch: Mapped[int]
+    batch: Mapped[int]
+    tensors: Mapped[bytes] = mapped_column(LargeBinary)
+    state: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Weights(Base):
+    """The final learned weights of a run as a safetensors file and its sha256."""
+
+    __tablename__ = "weights"
+
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    sha256: Mapped[str] = mapped_column(String(64))
+    size_bytes: Mapped[int]
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

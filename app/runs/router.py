@@ -1,0 +1,149 @@
+"""HTTP endpoints of runs: create, read, list, epochs, weights, cancel, resume, delete."""
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Response, status
+
+from app.dependencies import ModelCacheDep, ReadSessionDep, SessionDep, SettingsDep, WakeupDep
+from app.runs import service
+from app.runs.models import RunStatus
+from app.runs.schemas import EpochRead, ResumeRequest, RunPage, RunRead, WeightsRead
+from app.training.artifacts import tensors_as_json
+from app.training.spec import RunSpec
+
+router = APIRouter(prefix="/runs", tags=["runs"])
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    responses={200: {"description": "An earlier request with this Idempotency-Key made the run"}},
+)
+def create_run(
+    spec: RunSpec,
+    response: Response,
+    session: SessionDep,
+    settings: SettingsDep,
+    wakeup: WakeupDep,
+    idempotency_key: Annotated[
+        str | None,
+        Header(max_length=255, description="Retries with the same key return the same run."),
+    ] = None,
+) -> RunRead:
+    """Queue a training run."""
+    service.check_limits(spec=spec, limits=settings.limits, chaos_enabled=settings.chaos_enabled)
+    run, created = service.create_run(
+        session=session,
+        spec=spec,
+        default_max_attempts=settings.default_max_attempts,
+        idempotency_key=idempotency_key,
+    )
+    session.commit()
+    if created:
+        wakeup()
+    else:
+        response.status_code = status.HTTP_200_OK
+    response.headers["Location"] = f"/runs/{run.id}"
+    return RunRead.model_validate(run)
+
+
+@router.get("")
+def list_runs(
+    session: ReadSessionDep,
+    status_filter: Annotated[RunStatus | None, Query(alias="status")] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[
+        str | None, Query(pattern=r"^\d+$", description="next_cursor of a page")
+    ] = None,
+) -> RunPage:
+    """Runs, newest first, one page at a time."""
+    runs, next_id = service.list_runs(
+        session=session,
+        status=status_filter,
+        limit=limit,
+        before_id=int(cursor) if cursor else None,
+    )
+    return RunPage(
+        items=[RunRead.model_validate(run) for run in runs],
+        next_cursor=str(next_id) if next_id is not None else None,
+    )
+
+
+@router.get("/{run_id}")
+def get_run(run_id: int, session: ReadSessionDep) -> RunRead:
+    """One run: status, progress, device, times, metrics, error."""
+    return RunRead.model_validate(service.get_run(session=session, run_id=run_id))
+
+
+@router.get("/{run_id}/epochs")
+def list_epochs(run_id: int, session: ReadSessionDep) -> list[EpochRead]:
+    """One row per finished epoch."""
+    return [
+        EpochRead.model_validate(epoch)
+        for epoch in service.list_epochs(session=session, run_id=run_id)
+    ]
+
+
+@router.get(
+    "/{run_id}/weights",
+    response_model=WeightsRead,
+    responses={200: {"content": {"application/octet-stream": {}}}},
+)
+def get_weights(
+    run_id: int,
+    session: ReadSessionDep,
+    format: Annotated[str, Query(pattern="^(json|safetensors)$")] = "json",
+) -> WeightsRead | Response:
+    """The learned weights as JSON, or `?format=safetensors` for the file."""
+    weights = service.get_weights(session=session, run_id=run_id)
+    if format == "safetensors":
+        return Response(
+            weights.data,
+            media_type="application/octet-stream",
+            headers={
+                "Content-Disposition": f'attachment; filename="run-{run_id}.safetensors"',
+                "X-Weights-SHA256": weights.sha256,
+            },
+        )
+    return WeightsRead(
+        run_id=run_id,
+        sha256=weights.sha256,
+        size_bytes=weights.size_bytes,
+        tensors=tensors_as_json(weights.data),
+    )
+
+
+@router.post("/{run_id}/cancel")
+def cancel_run(run_id: int, session: SessionDep) -> RunRead:
+    """Cancel a queued run, or stop a running one at its next batch (it keeps a checkpoint)."""
+    run = service.cancel_run(session=session, run_id=run_id)
+    session.commit()
+    return RunRead.model_validate(run)
+
+
+@router.post("/{run_id}/resume")
+def resume_run(
+    run_id: int,
+    session: SessionDep,
+    settings: SettingsDep,
+    wakeup: WakeupDep,
+    request: ResumeRequest | None = None,
+) -> RunRead:
+    """Continue a cancelled or failed run from its last checkpoint, optionally with more epochs."""
+    run = service.resume_run(
+        session=session,
+        run_id=run_id,
+        epochs=request.epochs if request else None,
+        limits=settings.limits,
+    )
+    session.commit()
+    wakeup()
+    return RunRead.model_validate(run)
+
+
+@router.delete("/{run_id}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_run(run_id: int, session: SessionDep, cache: ModelCacheDep) -> None:
+    """Delete a run that is not executing, with its epochs, checkpoint and weights."""
+    service.delete_run(session=session, run_id=run_id)
+    session.commit()
+    cache.invalidate(run_id)

@@ -1,0 +1,273 @@
+"""Run life cycle on the API side: create, read, list, cancel, resume, delete."""
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app.config import Limits
+from app.database import utcnow
+from app.runs.models import Epoch, Run, RunStatus, Weights
+from app.training.data import label_order
+from app.training.modules import count_parameters
+from app.training.spec import (
+    InlineDataset,
+    MLPModel,
+    RunSpec,
+    SyntheticClassificationDataset,
+    SyntheticLinearDataset,
+)
+from app.worker import queue
+
+
+class RunNotFoundError(LookupError):
+    """No run has that id."""
+
+    def __init__(self, run_id: int) -> None:
+        super().__init__(f"run {run_id} not found")
+
+
+class RunStateError(RuntimeError):
+    """The run is not in a state that allows the operation."""
+
+
+class SpecLimitError(ValueError):
+    """A spec field is over one of the server's limits."""
+
+    def __init__(self, loc: tuple[str | int, ...], message: str) -> None:
+        super().__init__(message)
+        self.loc = loc
+
+
+def _dataset_shape(spec: RunSpec) -> tuple[int, int, int]:
+    """Rows, features and outputs the dataset will have."""
+    dataset = spec.dataset
+    match dataset:
+        case SyntheticLinearDataset():
+            return dataset.n_samples, len(dataset.true_w), 1
+        case SyntheticClassificationDataset():
+            return dataset.n_samples, dataset.n_features, dataset.n_classes
+        case InlineDataset():
+            outputs = (
+                len(label_order(list(dataset.targets))) if spec.task == "classification" else 1
+            )
+            return len(dataset.features), len(dataset.features[0]), outputs
+    raise TypeError(f"unknown dataset type {type(dataset).__name__}")
+
+
+def check_limits(*, spec: RunSpec, limits: Limits, chaos_enabled: bool) -> None:
+    """Refuse a spec that asks for more than the server allows, naming the field."""
+    rows, features, outputs = _dataset_shape(spec)
+    rows_field = "features" if isinstance(spec.dataset, InlineDataset) else "n_samples"
+    checks: list[tuple[bool, tuple[str | int, ...], str]] = [
+        (spec.epochs > limits.max_epochs, ("epochs",), f"epochs is at most {limits.max_epochs}"),
+        (
+            spec.batch_size > limits.max_batch_size,
+            ("batch_size",),
+            f"batch_size is at most {limits.max_batch_size}",
+        ),
+        (rows > limits.max_rows, ("dataset", rows_field), f"at most {limits.max_rows} rows"),
+        (
+            features > limits.max_features,
+            ("dataset",),
+            f"{features} features; at most {limits.max_features}",
+        ),
+        (
+            rows * features > limits.max_cells,
+            ("dataset",),
+            f"rows x features is {rows * features}; at most {limits.max_cells}",
+        ),
+        (
+            spec.task == "classification" and outputs > limits.max_classes,
+            ("dataset",),
+            f"{outputs} classes; at most {limits.max_classes}",
+        ),
+        (
+            spec.task == "classification" and outputs < 2,
+            ("dataset", "targets"),
+            "classification needs at least 2 distinct labels",
+        ),
+        (spec.chaos is not None and not chaos_enabled, ("chaos",), "fault injection is disabled"),
+    ]
+    if isinstance(spec.model, MLPModel):
+        checks.append(
+            (
+                len(spec.model.hidden) > limits.max_hidden_layers,
+                ("model", "hidden"),
+                f"at most {limits.max_hidden_layers} hidden layers",
+            )
+        )
+        checks.extend(
+            (
+                width > limits.max_hidden_width,
+                ("model", "hidden", index),
+                f"hidden width {width} is over the limit of {limits.max_hidden_width}",
+            )
+            for index, width in enumerate(spec.model.hidden)
+        )
+    parameters = count_parameters(n_features=features, n_outputs=outputs, model=spec.model)
+    checks.append(
+        (
+            parameters > limits.max_parameters,
+            ("model",),
+            f"the model has {parameters} parameters; at most {limits.max_parameters}",
+        )
+    )
+    for failed, loc, message in checks:
+        if failed:
+            raise SpecLimitError(loc, message)
+
+
+def create_run(
+    *,
+    session: Session,
+    spec: RunSpec,
+    default_max_attempts: int,
+    idempotency_key: str | None = None,
+) -> tuple[Run, bool]:
+    """Queue a run; with an idempotency key already used, return that run instead.
+
+    Returns the run and whether it was created now.
+    """
+    stored_spec = spec.model_dump(mode="json")
+    if idempotency_key is not None:
+        existing = _by_idempotency_key(session, idempotency_key, stored_spec)
+        if existing is not None:
+            return existing, False
+    run = Run(
+        spec=stored_spec,
+        task=spec.task,
+        device_request=spec.device,
+        epochs_total=spec.epochs,
+        max_attempts=spec.max_attempts or default_max_attempts,
+        idempotency_key=idempotency_key,
+    )
+    try:
+        with session.begin_nested():
+            session.add(run)
+    except IntegrityError:
+        # A concurrent request with the same key won the race; answer with its run.
+        existing = _by_idempotency_key(session, idempotency_key or "", stored_spec)
+        if existing is None:
+            raise
+        return existing, False
+    queue.announce(session)
+    return run, True
+
+
+def _by_idempotency_key(session: Session, key: str, stored_spec: dict[str, Any]) -> Run | None:
+    run = session.scalars(select(Run).where(Run.idempotency_key == key)).one_or_none()
+    if run is not None and run.spec != stored_spec:
+        raise RunStateError(
+            f"Idempotency-Key {key!r} was already used for run {run.id} with a different spec"
+        )
+    return run
+
+
+def get_run(*, session: Session, run_id: int) -> Run:
+    """The run with that id."""
+    run = session.get(Run, run_id)
+    if run is None:
+        raise RunNotFoundError(run_id)
+    return run
+
+
+def list_runs(
+    *, session: Session, status: RunStatus | None, limit: int, before_id: int | None
+) -> tuple[Sequence[Run], int | None]:
+    """A page of runs, newest first, and the id to continue before (None at the end)."""
+    query = select(Run).order_by(Run.id.desc()).limit(limit + 1)
+    if status is not None:
+        query = query.where(Run.status == status)
+    if before_id is not None:
+        query = query.where(Run.id < before_id)
+    runs = session.scalars(query).all()
+    if len(runs) > limit:
+        return runs[:limit], runs[limit - 1].id
+    return runs, None
+
+
+def list_epochs(*, session: Session, run_id: int) -> Sequence[Epoch]:
+    """The run's finished epochs in order."""
+    get_run(session=session, run_id=run_id)
+    return session.scalars(select(Epoch).where(Epoch.run_id == run_id).order_by(Epoch.epoch)).all()
+
+
+def get_weights(*, session: Session, run_id: int) -> Weights:
+    """The run's final weights; a RunStateError while it has none."""
+    run = get_run(session=session, run_id=run_id)
+    weights = session.get(Weights, run_id)
+    if weights is None:
+        raise RunStateError(f"run {run_id} has no weights yet (status {run.status})")
+    return weights
+
+
+def _conditional_update(
+    session: Session, run_id: int, from_statuses: tuple[str, ...], **values: Any
+) -> bool:
+    # One conditional UPDATE, so a worker changing the status concurrently cannot be overwritten.
+    result = session.execute(
+        update(Run)
+        .where(Run.id == run_id, Run.status.in_(from_statuses))
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1
+
+
+def cancel_run(*, session: Session, run_id: int) -> Run:
+    """Cancel a queued run now; ask a running one to stop at its next batch."""
+    changed = _conditional_update(
+        session, run_id, (RunStatus.QUEUED,), status=RunStatus.CANCELLED, finished_at=utcnow()
+    ) or _conditional_update(session, run_id, (RunStatus.RUNNING,), status=RunStatus.CANCELLING)
+    run = get_run(session=session, run_id=run_id)
+    session.refresh(run)
+    if not changed and run.status not in (RunStatus.CANCELLING, RunStatus.CANCELLED):
+        raise RunStateError(f"run {run_id} is {run.status} and cannot be cancelled")
+    return run
+
+
+def resume_run(*, session: Session, run_id: int, epochs: int | None, limits: Limits) -> Run:
+    """Queue a cancelled or failed run again; it continues from its last checkpoint."""
+    run = get_run(session=session, run_id=run_id)
+    values: dict[str, Any] = {}
+    if epochs is not None:
+        if epochs > limits.max_epochs:
+            raise SpecLimitError(("epochs",), f"epochs is at most {limits.max_epochs}")
+        if epochs < run.epochs_done:
+            raise SpecLimitError(
+                ("epochs",), f"the run has already finished {run.epochs_done} epochs"
+            )
+        values = {"epochs_total": epochs, "spec": {**run.spec, "epochs": epochs}}
+    resumed = _conditional_update(
+        session,
+        run_id,
+        (RunStatus.CANCELLED, RunStatus.FAILED),
+        status=RunStatus.QUEUED,
+        queued_at=utcnow(),
+        finished_at=None,
+        failure_kind=None,
+        error=None,
+        lost_attempts=0,
+        **values,
+    )
+    session.refresh(run)
+    if not resumed:
+        raise RunStateError(f"run {run_id} is {run.status}; only cancelled or failed runs resume")
+    queue.announce(session)
+    return run
+
+
+def delete_run(*, session: Session, run_id: int) -> None:
+    """Delete a run that no worker is executing, with its epochs, checkpoint and weights."""
+    run = get_run(session=session, run_id=run_id)
+    result = session.execute(
+        delete(Run)
+        .where(Run.id == run_id, Run.status.not_in((RunStatus.RUNNING, RunStatus.CANCELLING)))
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount == 0:
+        raise RunStateError(f"run {run_id} is {run.status}; cancel it first")
+    session.expunge(run)

@@ -1,0 +1,39 @@
+"""Request and response bodies of the predict endpoints."""
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+
+
+class PredictInputs(BaseModel):
+    """Rows to predict, in the training feature order."""
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"inputs": [[1.0, 1.0]]}]}
+    )
+
+    inputs: list[list[FiniteFloat]] = Field(
+        min_length=1, description="One list of feature values per row."
+    )
+
+
+class PredictRequest(PredictInputs):
+    """Rows to predict with a given run's weights."""
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"run_id": 1, "inputs": [[1.0, 1.0]]}]}
+    )
+
+    run_id: int = Field(description="The run whose weights answer.")
+
+
+class PredictResponse(BaseModel):
+    """Predictions, and for classification the class probabilities in `classes` order."""
+
+    run_id: int
+    weights_sha256: str = Field(description="Digest of the weights that answered.")
+    predictions: list[Any] = Field(description="Values (regression) or labels (classification).")
+    classes: list[Any] | None = None
+    probabilities: list[list[float]] | None = None

@@ -1,0 +1,49 @@
+"""Health and worker status."""
+
+from datetime import datetime
+
+from fastapi import APIRouter
+from pydantic import BaseModel, ConfigDict
+from sqlalchemy import select, text
+
+from app.dependencies import ReadSessionDep
+from app.worker.models import WorkerRecord
+
+router = APIRouter(tags=["system"])
+
+
+class Health(BaseModel):
+    """Whether the API can reach its database."""
+
+    status: str
+    database: str
+
+
+class WorkerRead(BaseModel):
+    """A worker process and what it is doing."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    pid: int
+    host: str
+    device: str
+    current_run_id: int | None
+    started_at: datetime
+    heartbeat_at: datetime
+
+
+@router.get("/healthz")
+def healthz(session: ReadSessionDep) -> Health:
+    """Liveness and database reachability."""
+    session.execute(text("SELECT 1"))
+    return Health(status="ok", database=session.get_bind().dialect.name)
+
+
+@router.get("/workers")
+def list_workers(session: ReadSessionDep) -> list[WorkerRead]:
+    """Workers that have not stopped, with their device, current run and last heartbeat."""
+    records = session.scalars(
+        select(WorkerRecord).where(WorkerRecord.stopped_at.is_(None)).order_by(WorkerRecord.id)
+    ).all()
+    return [WorkerRead.model_validate(record) for record in records]

@@ -1,0 +1,261 @@
+"""The run spec: what to train on, what to train, and how; pure pydantic, used by API and worker."""
+
+from typing import Annotated, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+Label = Annotated[int | FiniteFloat | str, Field(union_mode="smart")]
+
+
+class StrictModel(BaseModel):
+    """Refuses unknown fields, so a typo is an error rather than a silently ignored setting."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class SyntheticLinearDataset(StrictModel):
+    """d2l's generator: X ~ N(0, 1), y = Xw + b + noise * N(0, 1)."""
+
+    type: Literal["synthetic_linear"] = "synthetic_linear"
+    n_samples: int = Field(1000, ge=2, description="Number of rows to generate.")
+    true_w: list[FiniteFloat] = Field(
+        [2.0, -3.4], min_length=1, description="True weights; their count is the feature count."
+    )
+    true_b: FiniteFloat = Field(4.2, description="True bias.")
+    noise: FiniteFloat = Field(0.01, ge=0, description="Standard deviation of the label noise.")
+    seed: int = Field(0, description="Seed of the generator; the same seed gives the same data.")
+
+
+class SyntheticClassificationDataset(StrictModel):
+    """Gaussian blobs: one centre per class, points scattered around it."""
+
+    type: Literal["synthetic_classification"] = "synthetic_classification"
+    n_samples: int = Field(600, ge=2, description="Number of rows to generate.")
+    n_features: int = Field(4, ge=1, description="Number of features.")
+    n_classes: int = Field(3, ge=2, description="Number of classes (labels 0..n_classes-1).")
+    spread: FiniteFloat = Field(1.0, gt=0, description="Standard deviation around each centre.")
+    seed: int = Field(0, description="Seed of the generator.")
+
+
+class InlineDataset(StrictModel):
+    """Rows sent in the request itself."""
+
+    type: Literal["inline"] = "inline"
+    features: list[list[FiniteFloat]] = Field(
+        min_length=2, description="One list of numbers per row; every row the same length."
+    )
+    targets: list[Label] = Field(
+        description="One target per row: a number for regression, a number or string label "
+        "for classification."
+    )
+
+    @model_validator(mode="after")
+    def _rectangular(self) -> Self:
+        width = len(self.features[0])
+        if width == 0:
+            raise ValueError("features row 0 is empty; each row needs at least one value")
+        for index, row in enumerate(self.features):
+            if len(row) != width:
+                raise ValueError(
+                    f"features row {index} has {len(row)} values but row 0 has {width}; "
+                    "every row needs the same number of features"
+                )
+        if len(self.targets) != len(self.features):
+            raise ValueError(
+                f"targets has {len(self.targets)} values but features has "
+                f"{len(self.features)} rows; give one target per row"
+            )
+        return self
+
+
+DatasetSpec = Annotated[
+    SyntheticLinearDataset | SyntheticClassificationDataset | InlineDataset,
+    Field(discriminator="type"),
+]
+
+
+class LinearModel(StrictModel):
+    """Linear regression, or softmax regression when the task is classification."""
+
+    type: Literal["linear"] = "linear"
+
+
+class MLPModel(StrictModel):
+    """A multilayer perceptron: hidden layers, each followed by the activation and dropout."""
+
+    type: Literal["mlp"] = "mlp"
+    hidden: list[Annotated[int, Field(ge=1)]] = Field(
+        [64, 64], min_length=1, description="Width of each hidden layer."
+    )
+    activation: Literal["relu", "tanh", "gelu", "sigmoid"] = "relu"
+    dropout: FiniteFloat = Field(0.0, ge=0, lt=1, description="Dropout after each hidden layer.")
+
+
+ModelSpec = Annotated[LinearModel | MLPModel, Field(discriminator="type")]
+
+
+class SGDOptimizer(StrictModel):
+    """Stochastic gradient descent (d2l's minibatch SGD with the defaults)."""
+
+    type: Literal["sgd"] = "sgd"
+    lr: FiniteFloat = Field(0.03, gt=0, description="Learning rate.")
+    momentum: FiniteFloat = Field(0.0, ge=0, lt=1)
+    weight_decay: FiniteFloat = Field(0.0, ge=0)
+    nesterov: bool = False
+
+    @model_validator(mode="after")
+    def _nesterov_needs_momentum(self) -> Self:
+        if self.nesterov and self.momentum == 0:
+            raise ValueError("nesterov needs a momentum above 0")
+        return self
+
+
+class AdamOptimizer(StrictModel):
+    """Adam."""
+
+    type: Literal["adam"] = "adam"
+    lr: FiniteFloat = Field(1e-3, gt=0, description="Learning rate.")
+    betas: tuple[FiniteFloat, FiniteFloat] = (0.9, 0.999)
+    eps: FiniteFloat = Field(1e-8, gt=0)
+    weight_decay: FiniteFloat = Field(0.0, ge=0)
+
+
+class AdamWOptimizer(StrictModel):
+    """Adam with decoupled weight decay."""
+
+    type: Literal["adamw"] = "adamw"
+    lr: FiniteFloat = Field(1e-3, gt=0, description="Learning rate.")
+    betas: tuple[FiniteFloat, FiniteFloat] = (0.9, 0.999)
+    eps: FiniteFloat = Field(1e-8, gt=0)
+    weight_decay: FiniteFloat = Field(0.01, ge=0)
+
+
+OptimizerSpec = Annotated[
+    SGDOptimizer | AdamOptimizer | AdamWOptimizer, Field(discriminator="type")
+]
+
+Task = Literal["regression", "classification"]
+LossName = Literal["mse", "l1", "huber", "cross_entropy"]
+REGRESSION_LOSSES = ("mse", "l1", "huber")
+
+
+class Chaos(StrictModel):
+    """Fault injection for reliability tests; refused unless the server enables it."""
+
+    kill_at_epoch: int | None = Field(
+        None, ge=1, description="SIGKILL the worker halfway through this epoch."
+    )
+    kill_on_attempts: int = Field(1, ge=0, description="Kill only on the first N attempts.")
+    stall_heartbeat_on_attempts: int = Field(
+        0, ge=0, description="Stop renewing the lease on the first N attempts."
+    )
+    epoch_sleep_seconds: FiniteFloat = Field(
+        0.0, ge=0, le=60, description="Sleep after each epoch, to make a run long."
+    )
+
+
+class RunSpec(StrictModel):
+    """Everything a worker needs to train one model."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "dataset": {
+                        "type": "synthetic_linear",
+                        "n_samples": 1000,
+                        "true_w": [2, -3.4],
+                        "true_b": 4.2,
+                        "noise": 0.01,
+                        "seed": 0,
+                    },
+                    "model": {"type": "linear"},
+                    "loss": "mse",
+                    "optimizer": {"type": "sgd", "lr": 0.03},
+                    "epochs": 3,
+                    "batch_size": 10,
+                },
+                {
+                    "dataset": {
+                        "type": "synthetic_classification",
+                        "n_features": 4,
+                        "n_classes": 3,
+                    },
+                    "model": {"type": "mlp", "hidden": [64, 64], "activation": "relu"},
+                    "loss": "cross_entropy",
+                    "optimizer": {"type": "adam", "lr": 0.01},
+                    "epochs": 20,
+                    "batch_size": 32,
+                    "validation_split": 0.2,
+                },
+            ]
+        },
+    )
+
+    dataset: DatasetSpec = Field(description="Where the rows come from.")
+    task: Task | None = Field(
+        None, description="regression or classification; inferred from the loss when omitted."
+    )
+    model: ModelSpec = Field(default_factory=LinearModel, description="The network.")
+    loss: LossName | None = Field(
+        None, description="mse, l1, huber (regression) or cross_entropy (classification)."
+    )
+    optimizer: OptimizerSpec = Field(default_factory=SGDOptimizer, description="The optimizer.")
+    epochs: int = Field(3, ge=1, description="Passes over the training rows.")
+    batch_size: int = Field(10, ge=1, description="Rows per gradient step.")
+    shuffle: bool = Field(True, description="Reshuffle the training rows every epoch.")
+    seed: int = Field(0, description="Seeds initialisation, shuffling, dropout and the split.")
+    validation_split: FiniteFloat = Field(
+        0.0, ge=0, lt=1, description="Fraction of rows held out for validation (0: none)."
+    )
+    standardize: bool = Field(
+        False,
+        description="Scale features to zero mean and unit variance; the statistics are stored "
+        "with the weights and applied at predict time.",
+    )
+    device: str = Field(
+        "auto",
+        pattern=r"^(auto|cpu|cuda(:\d+)?)$",
+        description="auto (the worker's device), cpu, cuda or cuda:N.",
+    )
+    checkpoint_every: int = Field(1, ge=1, description="Checkpoint every N epochs.")
+    max_seconds: FiniteFloat | None = Field(
+        None, gt=0, description="Fail with `timeout` once training has taken this long."
+    )
+    max_attempts: int | None = Field(
+        None, ge=1, le=20, description="Worker losses tolerated before the run fails."
+    )
+    chaos: Chaos | None = Field(None, description="Fault injection (tests only).")
+
+    @model_validator(mode="after")
+    def _resolve_task_and_loss(self) -> Self:
+        dataset_task: Task | None = {
+            "synthetic_linear": "regression",
+            "synthetic_classification": "classification",
+        }.get(self.dataset.type)  # type: ignore[assignment]
+        if self.task is None:
+            if self.loss is not None:
+                self.task = "classification" if self.loss == "cross_entropy" else "regression"
+            else:
+                self.task = dataset_task or "regression"
+        if self.loss is None:
+            self.loss = "cross_entropy" if self.task == "classification" else "mse"
+        if self.task == "classification" and self.loss != "cross_entropy":
+            raise ValueError(
+                f"loss {self.loss!r} does not fit task 'classification'; use cross_entropy"
+            )
+        if self.task == "regression" and self.loss not in REGRESSION_LOSSES:
+            raise ValueError(
+                f"loss {self.loss!r} does not fit task 'regression'; use mse, l1 or huber"
+            )
+        if dataset_task is not None and dataset_task != self.task:
+            raise ValueError(f"dataset {self.dataset.type} is for {dataset_task}, not {self.task}")
+        if isinstance(self.dataset, InlineDataset) and self.task == "regression":
+            for index, target in enumerate(self.dataset.targets):
+                if isinstance(target, str):
+                    raise ValueError(
+                        f"targets[{index}] is {target!r}, not a number; regression needs numbers"
+                    )
+        return self

@@ -1,0 +1,114 @@
+"""Local worker processes, one per device slot, replaced when they die."""
+
+import logging
+import multiprocessing
+import socket
+import threading
+import uuid
+from dataclasses import dataclass
+from multiprocessing.context import SpawnProcess
+from typing import Any
+
+from app.config import Settings
+from app.database import make_engine, make_session_factory, unit_of_work
+from app.worker import queue
+from app.worker.worker import Wakeup, Worker, WorkerSettings
+
+logger = logging.getLogger("fitserve.pool")
+SPAWN = multiprocessing.get_context("spawn")
+
+
+def resolve_devices(settings: Settings) -> list[str]:
+    """The device slots: FITSERVE_DEVICES, else every visible GPU, else one cpu slot."""
+    if settings.devices:
+        return list(settings.devices)
+    import torch
+
+    if torch.cuda.is_available():
+        return [f"cuda:{index}" for index in range(torch.cuda.device_count())]
+    return ["cpu"]
+
+
+def new_worker_id(device: str) -> str:
+    """A worker id that says where it runs and stays unique across restarts."""
+    return f"{socket.gethostname()}/{device}/{uuid.uuid4().hex[:8]}"
+
+
+def run_worker(settings: Settings, worker_id: str, device: str, semaphore: Any = None) -> None:
+    """Entry point of a worker process."""
+    from app.logs import configure_logging
+
+    configure_logging()
+    worker_settings = WorkerSettings.from_settings(settings, worker_id=worker_id, device=device)
+    worker = Worker(worker_settings, wakeup=Wakeup(semaphore) if semaphore is not None else None)
+    with worker.signal_handlers():
+        worker.run()
+
+
+@dataclass
+class _Slot:
+    device: str
+    worker_id: str
+    process: SpawnProcess
+
+
+class WorkerPool:
+    """Starts a worker per device slot and replaces any that dies, releasing its runs at once."""
+
+    def __init__(self, settings: Settings, *, semaphore: Any = None) -> None:
+        self.settings = settings
+        self.semaphore = semaphore
+        self.devices = resolve_devices(settings)
+        self.slots: list[_Slot] = []
+        self._stopping = threading.Event()
+
+    def start(self) -> None:
+        """Start one worker per device slot."""
+        self.slots = [self._spawn(device) for device in self.devices]
+
+    def _spawn(self, device: str) -> _Slot:
+        worker_id = new_worker_id(device)
+        process = SPAWN.Process(
+            target=run_worker,
+            args=(self.settings, worker_id, device, self.semaphore),
+            name=f"fitserve-worker-{device}",
+        )
+        process.start()
+        logger.info("started worker %s (pid %s)", worker_id, process.pid)
+        return _Slot(device=device, worker_id=worker_id, process=process)
+
+    def replace_dead(self) -> None:
+        """Release the runs of workers that died and start replacements."""
+        for index, slot in enumerate(self.slots):
+            if slot.process.is_alive() or self._stopping.is_set():
+                continue
+            logger.warning(
+                "worker %s exited with %s; replacing it", slot.worker_id, slot.process.exitcode
+            )
+            self._release(slot.worker_id)
+            self.slots[index] = self._spawn(slot.device)
+
+    def _release(self, worker_id: str) -> None:
+        engine = make_engine(self.settings.database_url)
+        try:
+            with unit_of_work(make_session_factory(engine)) as session:
+                queue.expire_leases_of(session=session, worker_id=worker_id)
+                queue.reap_expired(session=session)
+                queue.unregister_worker(session=session, worker_id=worker_id)
+        finally:
+            engine.dispose()
+        if self.semaphore is not None:
+            self.semaphore.release()
+
+    def stop(self) -> None:
+        """Ask every worker to stop gracefully; kill those still running after the grace period."""
+        self._stopping.set()
+        for slot in self.slots:
+            if slot.process.is_alive():
+                slot.process.terminate()
+        for slot in self.slots:
+            slot.process.join(self.settings.shutdown_grace_seconds)
+            if slot.process.is_alive():
+                logger.error("worker %s did not stop in time; killing it", slot.worker_id)
+                slot.process.kill()
+                slot.process.join()

@@ -1,0 +1,384 @@
+"""A long-lived worker process: claims queued runs one at a time and trains them on its device."""
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+from types import FrameType
+from typing import Any
+
+import torch
+from sqlalchemy.engine import make_url
+
+from app.config import Settings
+from app.database import make_engine, make_session_factory, unit_of_work, utcnow
+from app.runs.models import FailureKind, RunStatus
+from app.training.artifacts import export_weights
+from app.training.data import materialize
+from app.training.engine import EpochReport, Outcome, Trainer, estimation_error
+from app.training.spec import RunSpec
+from app.worker import queue
+from app.worker.models import WorkerRecord
+
+logger = logging.getLogger("fitserve.worker")
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """What one worker needs to know, taken from the service settings."""
+
+    worker_id: str
+    device: str
+    database_url: str
+    lease_seconds: float
+    heartbeat_seconds: float
+    poll_seconds: float
+    torch_threads: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, worker_id: str, device: str) -> "WorkerSettings":
+        """Pick this worker's settings out of the service's."""
+        return cls(
+            worker_id=worker_id,
+            device=device,
+            database_url=settings.database_url,
+            lease_seconds=settings.lease_seconds,
+            heartbeat_seconds=settings.heartbeat_seconds,
+            poll_seconds=settings.poll_seconds,
+            torch_threads=settings.torch_threads,
+        )
+
+
+class Wakeup:
+    """Counts queued-run announcements from the API in the same pool (a process semaphore)."""
+
+    def __init__(self, semaphore: Any) -> None:
+        self._semaphore = semaphore
+
+    def notify(self) -> None:
+        """Wake one idle worker."""
+        self._semaphore.release()
+
+    def wait(self, timeout: float) -> bool:
+        """Block until notified or the timeout passes."""
+        return bool(self._semaphore.acquire(timeout=timeout))
+
+
+class Worker:
+    """Claims and trains runs until asked to stop; SIGTERM/SIGINT stop it gracefully."""
+
+    def __init__(self, settings: WorkerSettings, *, wakeup: Wakeup | None = None) -> None:
+        self.settings = settings
+        self.engine = make_engine(settings.database_url)
+        self.sessions = make_session_factory(self.engine)
+        self.stop_requested = threading.Event()
+        self._wake = threading.Event()
+        self._idle = threading.Event()
+        self._wakeup = wakeup
+        self._threads: list[threading.Thread] = []
+
+    def request_stop(self) -> None:
+        """Ask the worker to finish the current batch, checkpoint, hand its run back and exit."""
+        self.stop_requested.set()
+        self._wake.set()
+
+    @contextmanager
+    def signal_handlers(self) -> Iterator[None]:
+        """Turn SIGTERM and SIGINT into a graceful stop while the worker runs."""
+
+        def handle(signum: int, _frame: FrameType | None) -> None:
+            logger.info("worker %s: signal %s, stopping", self.settings.worker_id, signum)
+            self.request_stop()
+
+        previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def run(self) -> None:
+        """The worker loop: maintain the queue, claim, train, wait for a wake-up."""
+        torch.set_num_threads(self.settings.torch_threads)
+        self._register()
+        self._start_wake_sources()
+        try:
+            while not self.stop_requested.is_set():
+                self._maintain_queue()
+                claim = self._claim()
+                if claim is not None:
+                    RunExecution(self, claim).run()
+                    continue
+                self._idle.set()
+                self._wake.wait(self.settings.poll_seconds)
+                self._idle.clear()
+                self._wake.clear()
+        finally:
+            self.stop_requested.set()
+            self._idle.set()
+            with unit_of_work(self.sessions) as session:
+                queue.unregister_worker(session=session, worker_id=self.settings.worker_id)
+            for thread in self._threads:
+                thread.join(timeout=2)
+            self.engine.dispose()
+
+    def _register(self) -> None:
+        record = WorkerRecord(
+            id=self.settings.worker_id,
+            pid=os.getpid(),
+            host=socket.gethostname(),
+            device=self.settings.device,
+            started_at=utcnow(),
+            heartbeat_at=utcnow(),
+            stopped_at=None,
+            current_run_id=None,
+        )
+        with unit_of_work(self.sessions) as session:
+            queue.register_worker(session=session, record=record)
+
+    def _maintain_queue(self) -> None:
+        with unit_of_work(self.sessions) as session:
+            queue.worker_heartbeat(
+                session=session, worker_id=self.settings.worker_id, current_run_id=None
+            )
+            queue.reap_expired(session=session)
+            since = utcnow() - timedelta(seconds=self.settings.lease_seconds)
+            queue.fail_unservable(
+                session=session,
+                live_devices=queue.live_worker_devices(session=session, since=since),
+            )
+
+    def _claim(self) -> queue.Claim | None:
+        with unit_of_work(self.sessions) as session:
+            return queue.claim_next(
+                session=session,
+                worker_id=self.settings.worker_id,
+                device=self.settings.device,
+                lease_seconds=self.settings.lease_seconds,
+            )
+
+    def _start_wake_sources(self) -> None:
+        if self._wakeup is not None:
+            self._spawn(self._relay_pool_wakeups)
+        if self.engine.dialect.name == "postgresql":
+            self._spawn(self._relay_notifications)
+
+    def _spawn(self, target: Any) -> None:
+        thread = threading.Thread(target=target, daemon=True, name=target.__name__)
+        thread.start()
+        self._threads.append(thread)
+
+    def _relay_pool_wakeups(self) -> None:
+        # Only an idle worker takes an announcement, so a busy one never swallows it.
+        assert self._wakeup is not None
+        while not self.stop_requested.is_set():
+            self._idle.wait()
+            if self._wakeup.wait(timeout=0.5):
+                self._wake.set()
+
+    def _relay_notifications(self) -> None:
+        import psycopg
+
+        url = make_url(self.settings.database_url).set(drivername="postgresql")
+        conninfo = url.render_as_string(hide_password=False)
+        while not self.stop_requested.is_set():
+            try:
+                with psycopg.connect(conninfo, autocommit=True) as connection:
+                    connection.execute(f"LISTEN {queue.NOTIFY_CHANNEL}")
+                    while not self.stop_requested.is_set():
+                        for _ in connection.notifies(timeout=0.5, stop_after=1):
+                            self._wake.set()
+            except psycopg.OperationalError:
+                logger.warning("LISTEN connection lost; polling until it is back", exc_info=True)
+                self.stop_requested.wait(self.settings.poll_seconds)
+
+
+class RunExecution:
+    """One attempt at one run: heartbeat, train, record epochs, finish or hand back."""
+
+    def __init__(self, worker: Worker, claim: queue.Claim) -> None:
+        self.worker = worker
+        self.claim = claim
+        self.spec = RunSpec.model_validate(claim.spec)
+        self.cancel_requested = threading.Event()
+        self.fenced = threading.Event()
+        self.attention = threading.Event()
+        self._heartbeat_done = threading.Event()
+        chaos = self.spec.chaos
+        self.stall_heartbeat = (
+            chaos is not None and claim.attempt <= chaos.stall_heartbeat_on_attempts
+        )
+        self.kill_epoch = (
+            chaos.kill_at_epoch
+            if chaos is not None and claim.attempt <= chaos.kill_on_attempts
+            else None
+        )
+
+    def run(self) -> None:
+        """Execute the attempt; every exit path leaves the run in a correct state."""
+        heartbeat = threading.Thread(target=self._heartbeat, daemon=True, name="heartbeat")
+        heartbeat.start()
+        try:
+            self._execute()
+        except queue.FencedError:
+            logger.warning(
+                "run %s attempt %s was fenced off", self.claim.run_id, self.claim.attempt
+            )
+        except Exception as error:
+            logger.exception("run %s failed unexpectedly", self.claim.run_id)
+            self._finish(RunStatus.FAILED, FailureKind.INTERNAL, f"{type(error).__name__}: {error}")
+        finally:
+            self._heartbeat_done.set()
+            heartbeat.join(timeout=self.worker.settings.heartbeat_seconds + 5)
+
+    def _execute(self) -> None:
+        try:
+            device = self._torch_device()
+            table = materialize(self.spec.dataset, self.spec.task or "regression")
+            trainer = Trainer(spec=self.spec, table=table, device=device)
+        except (ValueError, RuntimeError) as error:
+            self._finish(RunStatus.FAILED, FailureKind.INVALID_INPUT, str(error))
+            return
+        with unit_of_work(self.worker.sessions) as session:
+            checkpoint = queue.load_checkpoint(session=session, run_id=self.claim.run_id)
+            if checkpoint is not None:
+                trainer.restore(checkpoint)
+            queue.begin_attempt(
+                session=session,
+                run_id=self.claim.run_id,
+                attempt=self.claim.attempt,
+                resume_epoch=trainer.epochs_done,
+            )
+        self._conclude(trainer.run(self), trainer)
+
+    def _torch_device(self) -> torch.device:
+        requested, own = self.spec.device, self.worker.settings.device
+        if own.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"worker device {own} is not available: torch sees no CUDA device")
+        if requested not in queue.servable_requests(own):
+            raise ValueError(f"device {requested!r} was requested but this worker has {own}")
+        return torch.device(own)
+
+    def _conclude(self, outcome: Outcome, trainer: Trainer) -> None:
+        run_id, attempt = self.claim.run_id, self.claim.attempt
+        if outcome.status == "completed":
+            report = outcome.last_report
+            self._finish(
+                RunStatus.SUCCEEDED,
+                metrics=_final_metrics(report) if report else None,
+                estimation_error=estimation_error(trainer),
+                weights=export_weights(trainer.module, trainer.architecture),
+            )
+        elif outcome.status == "diverged":
+            self._finish(RunStatus.FAILED, FailureKind.DIVERGED, outcome.message)
+        elif outcome.status == "timeout":
+            self._finish(RunStatus.FAILED, FailureKind.TIMEOUT, outcome.message)
+        elif self.fenced.is_set():
+            logger.warning("run %s attempt %s lost its lease; not writing", run_id, attempt)
+        else:
+            blob = trainer.checkpoint()
+            with unit_of_work(self.worker.sessions) as session:
+                queue.save_checkpoint(session=session, run_id=run_id, attempt=attempt, blob=blob)
+                if self.cancel_requested.is_set():
+                    queue.finish(
+                        session=session, run_id=run_id, attempt=attempt, status=RunStatus.CANCELLED
+                    )
+                else:
+                    queue.hand_back(session=session, run_id=run_id, attempt=attempt)
+
+    def _finish(
+        self,
+        status: RunStatus,
+        failure_kind: FailureKind | None = None,
+        error: str | None = None,
+        **values: Any,
+    ) -> None:
+        with unit_of_work(self.worker.sessions) as session:
+            queue.finish(
+                session=session,
+                run_id=self.claim.run_id,
+                attempt=self.claim.attempt,
+                status=status,
+                failure_kind=failure_kind,
+                error=error,
+                **values,
+            )
+
+    def _heartbeat(self) -> None:
+        settings = self.worker.settings
+        while not self._heartbeat_done.wait(settings.heartbeat_seconds):
+            if self.stall_heartbeat:
+                continue
+            try:
+                with unit_of_work(self.worker.sessions) as session:
+                    status = queue.renew_lease(
+                        session=session,
+                        run_id=self.claim.run_id,
+                        attempt=self.claim.attempt,
+                        lease_seconds=settings.lease_seconds,
+                    )
+                    queue.worker_heartbeat(
+                        session=session,
+                        worker_id=settings.worker_id,
+                        current_run_id=self.claim.run_id,
+                    )
+            except queue.FencedError:
+                self._raise_attention(self.fenced)
+                return
+            if status == RunStatus.CANCELLING:
+                self._raise_attention(self.cancel_requested)
+
+    def _raise_attention(self, flag: threading.Event) -> None:
+        flag.set()
+        self.attention.set()
+
+    # TrainingHooks
+
+    def interrupted(self) -> bool:
+        """Stop at this batch boundary when cancelled, fenced or shutting down."""
+        return self.attention.is_set() or self.worker.stop_requested.is_set()
+
+    def before_batch(self, epoch: int, batch: int, n_batches: int) -> None:
+        """Fault injection: die mid-epoch like a machine that lost power."""
+        if self.kill_epoch == epoch and batch == n_batches // 2:
+            logger.warning("chaos: killing worker pid %s in epoch %s", os.getpid(), epoch)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def epoch_finished(self, report: EpochReport, trainer: Trainer) -> None:
+        """Write the epoch row, with a checkpoint when one is due, in one transaction."""
+        due = report.epoch % self.spec.checkpoint_every == 0 or report.epoch == self.spec.epochs
+        try:
+            with unit_of_work(self.worker.sessions) as session:
+                status = queue.record_epoch(
+                    session=session,
+                    run_id=self.claim.run_id,
+                    attempt=self.claim.attempt,
+                    report=report,
+                    checkpoint=trainer.checkpoint() if due else None,
+                )
+        except queue.FencedError:
+            self._raise_attention(self.fenced)
+            return
+        if status == RunStatus.CANCELLING:
+            self._raise_attention(self.cancel_requested)
+        if self.spec.chaos is not None and self.spec.chaos.epoch_sleep_seconds:
+            waited_from = time.monotonic()
+            while time.monotonic() - waited_from < self.spec.chaos.epoch_sleep_seconds:
+                if self.interrupted():
+                    return
+                self.attention.wait(0.05)
+
+
+def _final_metrics(report: EpochReport) -> dict[str, Any]:
+    return {
+        "epoch": report.epoch,
+        "train_loss": report.train_loss,
+        "val_loss": report.val_loss,
+        **report.metrics,
+    }

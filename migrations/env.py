@@ -1,0 +1,27 @@
+"""Alembic environment: the URL comes from the caller or from fitserve's Settings."""
+
+from alembic import context
+
+from app.config import Settings
+from app.database import Base, make_engine
+from app.runs import models as runs_models  # noqa: F401  (registers the tables)
+from app.worker import models as worker_models  # noqa: F401
+
+config = context.config
+
+
+def run_migrations_online() -> None:
+    url = config.attributes.get("database_url") or Settings().database_url
+    engine = make_engine(url)
+    with engine.connect() as connection:
+        context.configure(
+            connection=connection,
+            target_metadata=Base.metadata,
+            render_as_batch=connection.dialect.name == "sqlite",
+        )
+        with context.begin_transaction():
+            context.run_migrations()
+    engine.dispose()
+
+
+run_migrations_online()
