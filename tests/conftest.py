@@ -1,0 +1,91 @@
+"""Fixtures: a real database (SQLite file, or TEST_DATABASE_URL), real worker processes."""
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import text
+
+from app.cli import upgrade_database
+from app.config import Settings
+from app.database import make_engine
+from app.main import create_app
+from app.worker.pool import SPAWN
+from tests.helpers import ApiServer, LocalWorkers
+
+
+def _reset(database_url: str) -> None:
+    engine = make_engine(database_url)
+    try:
+        if engine.dialect.name == "postgresql":
+            with engine.begin() as connection:
+                connection.execute(text("DROP SCHEMA public CASCADE"))
+                connection.execute(text("CREATE SCHEMA public"))
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def database_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A migrated, empty database: TEST_DATABASE_URL if set, else a fresh SQLite file."""
+    url = os.environ.get("TEST_DATABASE_URL") or (
+        f"sqlite:///{Path(tmp_path_factory.mktemp('db')) / 'fitserve.db'}"
+    )
+    _reset(url)
+    upgrade_database(Settings(database_url=url))
+    return url
+
+
+@pytest.fixture(scope="session")
+def settings(database_url: str) -> Settings:
+    """Settings tuned for tests: short leases and polls, fault injection on."""
+    return Settings(
+        database_url=database_url,
+        devices=["cpu"],
+        lease_seconds=3.0,
+        heartbeat_seconds=0.25,
+        poll_seconds=0.25,
+        shutdown_grace_seconds=15.0,
+        chaos_enabled=True,
+    )
+
+
+@pytest.fixture(autouse=True)
+def _empty_runs(settings: Settings) -> None:
+    engine = make_engine(settings.database_url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(text("DELETE FROM runs"))
+            connection.execute(text("DELETE FROM workers"))
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def semaphore() -> object:
+    """The wake-up semaphore the API and local workers share, as in `fitserve serve`."""
+    return SPAWN.Semaphore(0)
+
+
+@pytest.fixture(scope="session")
+def api(settings: Settings, semaphore: object) -> Iterator[ApiServer]:
+    """A real uvicorn server on a loopback port; this process never trains."""
+    with ApiServer(create_app(settings, wakeup=semaphore.release)) as server:  # type: ignore[attr-defined]
+        yield server
+
+
+@pytest.fixture
+def client(api: ApiServer) -> Iterator[httpx.Client]:
+    """An httpx client talking to the API over TCP."""
+    with httpx.Client(base_url=api.url, timeout=30) as http:
+        yield http
+
+
+@pytest.fixture
+def workers(settings: Settings, semaphore: object) -> Iterator[LocalWorkers]:
+    """Start, kill and stop real worker processes; all are stopped after the test."""
+    pool = LocalWorkers(settings, semaphore)
+    yield pool
+    pool.stop_all()

@@ -1,0 +1,155 @@
+"""Test helpers: real worker processes and waiting on run states with deadlines."""
+
+import os
+import signal
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from multiprocessing.context import SpawnProcess
+from typing import Any
+
+import httpx
+import uvicorn
+from fastapi import FastAPI
+
+from app.config import Settings
+from app.worker.pool import SPAWN, new_worker_id, run_worker
+
+FINAL = {"succeeded", "failed", "cancelled"}
+
+D2L_SPEC: dict[str, Any] = {
+    "dataset": {
+        "type": "synthetic_linear",
+        "n_samples": 1000,
+        "true_w": [2, -3.4],
+        "true_b": 4.2,
+        "noise": 0.01,
+    },
+    "model": {"type": "linear"},
+    "loss": "mse",
+    "optimizer": {"type": "sgd", "lr": 0.03},
+    "epochs": 3,
+    "batch_size": 10,
+}
+
+
+def long_spec(epochs: int = 6, **overrides: Any) -> dict[str, Any]:
+    """A seeded MLP run with dropout and enough batches per epoch to be interrupted."""
+    return {
+        "dataset": {"type": "synthetic_classification", "n_samples": 2000, "n_features": 8},
+        "model": {"type": "mlp", "hidden": [32, 32], "dropout": 0.1},
+        "optimizer": {"type": "adam", "lr": 0.01},
+        "epochs": epochs,
+        "batch_size": 16,
+        "seed": 7,
+        **overrides,
+    }
+
+
+class ApiServer:
+    """Serves an app with uvicorn on a free loopback port, in a thread of this process."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self.app = app
+        self._socket = socket.socket()
+        self._socket.bind(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._socket.getsockname()[1]}"
+        config = uvicorn.Config(app, log_level="warning", access_log=False)
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [self._socket]}, daemon=True
+        )
+
+    def __enter__(self) -> "ApiServer":
+        self._thread.start()
+        wait_until(lambda: self._server.started, timeout=15, message="API server started")
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._server.should_exit = True
+        self._thread.join(10)
+        self._socket.close()
+        self.app.state.engine.dispose()
+
+
+@dataclass
+class WorkerHandle:
+    """One worker process."""
+
+    worker_id: str
+    process: SpawnProcess
+
+    def kill(self) -> None:
+        """SIGKILL, like a machine losing power."""
+        os.kill(self.process.pid or 0, signal.SIGKILL)
+        self.process.join(10)
+
+    def terminate(self) -> None:
+        """SIGTERM, like an orchestrator stopping the container."""
+        self.process.terminate()
+
+
+class LocalWorkers:
+    """Real worker processes started with the same entry point `fitserve` uses."""
+
+    def __init__(self, settings: Settings, semaphore: Any) -> None:
+        self.settings = settings
+        self.semaphore = semaphore
+        self.handles: list[WorkerHandle] = []
+
+    def start(self, device: str = "cpu", **overrides: Any) -> WorkerHandle:
+        """Start a worker; overrides change its settings."""
+        settings = self.settings.model_copy(update=overrides)
+        worker_id = new_worker_id(device)
+        process = SPAWN.Process(
+            target=run_worker, args=(settings, worker_id, device, self.semaphore), daemon=True
+        )
+        process.start()
+        handle = WorkerHandle(worker_id, process)
+        self.handles.append(handle)
+        return handle
+
+    def stop_all(self) -> None:
+        """Stop every worker still running, gracefully, then by force."""
+        for handle in self.handles:
+            if handle.process.is_alive():
+                handle.process.terminate()
+        for handle in self.handles:
+            handle.process.join(20)
+            if handle.process.is_alive():
+                handle.process.kill()
+                handle.process.join()
+
+
+def wait_for(
+    client: httpx.Client, run_id: int, statuses: set[str] = FINAL, timeout: float = 60
+) -> dict[str, Any]:
+    """Poll a run until its status is one of `statuses`; fail the test at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        run = client.get(f"/runs/{run_id}").json()
+        if run["status"] in statuses:
+            return run
+        if time.monotonic() > deadline:
+            raise AssertionError(f"run {run_id} still {run['status']} after {timeout}s: {run}")
+        time.sleep(0.05)
+
+
+def wait_until(predicate: Any, timeout: float = 30, message: str = "condition") -> Any:
+    """Poll a predicate until it returns something truthy."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{message} not met after {timeout}s")
+        time.sleep(0.05)
+
+
+def post_run(client: httpx.Client, spec: dict[str, Any], **headers: str) -> dict[str, Any]:
+    """Create a run and return its body, asserting it was accepted."""
+    response = client.post("/runs", json=spec, headers=headers)
+    assert response.status_code in (200, 201), response.text
+    return response.json()

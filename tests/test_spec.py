@@ -1,0 +1,82 @@
+"""The run spec: defaults, inference and refusals, without a server."""
+
+import pytest
+from pydantic import ValidationError
+
+from app.config import Limits
+from app.runs.service import SpecLimitError, check_limits
+from app.training.spec import RunSpec
+from tests.helpers import D2L_SPEC
+
+
+def test_task_and_loss_are_inferred():
+    assert RunSpec.model_validate(D2L_SPEC | {"loss": None}).loss == "mse"
+    classification = RunSpec.model_validate({"dataset": {"type": "synthetic_classification"}})
+    assert (classification.task, classification.loss) == ("classification", "cross_entropy")
+    inline = RunSpec.model_validate(
+        {
+            "dataset": {"type": "inline", "features": [[1], [2]], "targets": ["a", "b"]},
+            "loss": "cross_entropy",
+        }
+    )
+    assert inline.task == "classification"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"optimizer": {"type": "sgd", "lr": 0}}, "greater than 0"),
+        ({"optimizer": {"type": "rmsprop"}}, "does not match any of the expected tags"),
+        ({"model": {"type": "mlp", "dropout": 1.0}}, "less than 1"),
+        ({"task": "classification", "loss": "mse"}, "does not fit task"),
+        ({"validation_split": 1.0}, "less than 1"),
+        ({"optimizer": {"type": "sgd", "nesterov": True}}, "nesterov needs a momentum"),
+        ({"dataset": {"type": "synthetic_linear", "true_w": []}}, "at least 1 item"),
+    ],
+)
+def test_invalid_specs_are_refused(change: dict, message: str):
+    with pytest.raises(ValidationError, match=message):
+        RunSpec.model_validate(D2L_SPEC | change)
+
+
+def test_integer_labels_stay_integers():
+    spec = RunSpec.model_validate(
+        {
+            "dataset": {"type": "inline", "features": [[1], [2], [3]], "targets": [1, 2.5, "x"]},
+            "task": "classification",
+        }
+    )
+    assert [type(label) for label in spec.dataset.targets] == [int, float, str]
+
+
+@pytest.mark.parametrize(
+    ("change", "loc"),
+    [
+        ({"epochs": 11}, ("epochs",)),
+        ({"batch_size": 65}, ("batch_size",)),
+        ({"dataset": {"type": "synthetic_linear", "n_samples": 1001}}, ("dataset", "n_samples")),
+        ({"model": {"type": "mlp", "hidden": [8, 65]}}, ("model", "hidden", 1)),
+        ({"model": {"type": "mlp", "hidden": [64, 64, 64]}}, ("model", "hidden")),
+        ({"model": {"type": "mlp", "hidden": [64, 64]}}, ("model",)),
+    ],
+)
+def test_limits_name_the_field(change: dict, loc: tuple):
+    limits = Limits(
+        max_epochs=10,
+        max_batch_size=64,
+        max_rows=1000,
+        max_hidden_width=64,
+        max_hidden_layers=2,
+        max_parameters=1000,
+    )
+    spec = RunSpec.model_validate(D2L_SPEC | change)
+    with pytest.raises(SpecLimitError) as refused:
+        check_limits(spec=spec, limits=limits, chaos_enabled=False)
+    assert refused.value.loc == loc
+
+
+def test_chaos_is_refused_unless_enabled():
+    spec = RunSpec.model_validate(D2L_SPEC | {"chaos": {"kill_at_epoch": 1}})
+    with pytest.raises(SpecLimitError, match="fault injection is disabled"):
+        check_limits(spec=spec, limits=Limits(), chaos_enabled=False)
+    check_limits(spec=spec, limits=Limits(), chaos_enabled=True)
