@@ -1,0 +1,211 @@
+"""Crashes, stale workers, shutdowns and contention, with real processes and a real database.
+
+Faults are injected deterministically: the spec's `chaos` field makes a worker SIGKILL
+itself halfway through a given epoch, stop renewing its lease, or linger after each epoch.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app.config import Settings
+from app.database import make_engine, make_session_factory, unit_of_work
+from app.training.engine import EpochReport
+from app.worker import queue
+from tests.helpers import D2L_SPEC, LocalWorkers, long_spec, post_run, wait_for, wait_until
+
+
+def epochs_of(client: httpx.Client, run_id: int) -> list[dict]:
+    return client.get(f"/runs/{run_id}/epochs").json()
+
+
+def weights_sha(client: httpx.Client, run_id: int) -> str:
+    return client.get(f"/runs/{run_id}/weights").json()["sha256"]
+
+
+class WorkerCommand:
+    """`fitserve worker` as a subprocess: the real supervisor with its pool of workers."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    def start(self, slots: int = 1) -> subprocess.Popen[bytes]:
+        env = {
+            **os.environ,
+            "FITSERVE_DATABASE_URL": self.settings.database_url,
+            "FITSERVE_DEVICES": ",".join(["cpu"] * slots),
+            "FITSERVE_LEASE_SECONDS": str(self.settings.lease_seconds),
+            "FITSERVE_HEARTBEAT_SECONDS": str(self.settings.heartbeat_seconds),
+            "FITSERVE_POLL_SECONDS": str(self.settings.poll_seconds),
+            "FITSERVE_LOG_LEVEL": "WARNING",
+        }
+        fitserve = Path(sys.executable).with_name("fitserve")
+        process = subprocess.Popen([str(fitserve), "worker"], env=env)
+        self.processes.append(process)
+        return process
+
+    def stop_all(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in self.processes:
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+@pytest.fixture
+def worker_command(settings: Settings) -> Iterator[WorkerCommand]:
+    command = WorkerCommand(settings)
+    yield command
+    command.stop_all()
+
+
+def assert_epochs_once(client: httpx.Client, run_id: int, epochs: int) -> list[dict]:
+    rows = epochs_of(client, run_id)
+    assert [row["epoch"] for row in rows] == list(range(1, epochs + 1))
+    return rows
+
+
+def test_kill_9_mid_epoch_resumes_from_the_checkpoint_with_identical_weights(
+    client: httpx.Client, workers: LocalWorkers
+):
+    reference = post_run(client, long_spec(epochs=4))
+    crashing = post_run(client, long_spec(epochs=4, chaos={"kill_at_epoch": 3}))
+    first = workers.start()
+    wait_for(client, reference["id"])
+    wait_until(lambda: first.process.exitcode is not None, message="worker killed itself")
+    assert first.process.exitcode == -signal.SIGKILL
+
+    workers.start()
+    run = wait_for(client, crashing["id"], timeout=60)
+    assert run["status"] == "succeeded", run
+    assert (run["attempt"], run["lost_attempts"]) == (2, 1)
+    rows = assert_epochs_once(client, run["id"], 4)
+    assert [row["attempt"] for row in rows] == [1, 1, 2, 2]
+    assert weights_sha(client, run["id"]) == weights_sha(client, reference["id"])
+
+
+def test_stale_worker_is_fenced_and_cannot_change_the_run(
+    client: httpx.Client, workers: LocalWorkers, settings: Settings
+):
+    # Attempt 1 stops renewing its lease but lives on, lingering 2.5 s after each epoch:
+    # its lease (3 s) runs out, a second worker takes the run, and the first one's next
+    # epoch write is refused.
+    spec = long_spec(epochs=3, chaos={"stall_heartbeat_on_attempts": 1, "epoch_sleep_seconds": 2.5})
+    run = post_run(client, spec)
+    stale = workers.start()
+    wait_until(lambda: client.get(f"/runs/{run['id']}").json()["attempt"] == 1)
+    workers.start()
+    finished = wait_for(client, run["id"], timeout=60)
+    assert finished["status"] == "succeeded", finished
+    assert finished["attempt"] == 2
+    rows = assert_epochs_once(client, run["id"], 3)
+    assert rows[-1]["attempt"] == 2
+    assert stale.process.is_alive()
+
+    # The stale attempt's writes are refused outright, and the run is unchanged.
+    engine = make_engine(settings.database_url)
+    report = EpochReport(epoch=3, train_loss=123.0, val_loss=None, metrics={}, seconds=0.1)
+    try:
+        with pytest.raises(queue.FencedError), unit_of_work(make_session_factory(engine)) as s:
+            queue.record_epoch(
+                session=s, run_id=run["id"], attempt=1, report=report, checkpoint=None
+            )
+    finally:
+        engine.dispose()
+    assert epochs_of(client, run["id"]) == rows
+    assert client.get(f"/runs/{run['id']}").json()["status"] == "succeeded"
+
+
+def test_poison_run_fails_as_worker_lost_and_the_others_succeed(
+    client: httpx.Client, worker_command: WorkerCommand
+):
+    poison = post_run(
+        client,
+        long_spec(epochs=2, max_attempts=2, chaos={"kill_at_epoch": 1, "kill_on_attempts": 99}),
+    )
+    healthy = [post_run(client, {**D2L_SPEC, "seed": seed}) for seed in range(4)]
+    worker_command.start(slots=2)
+    failed = wait_for(client, poison["id"], timeout=90)
+    assert failed["status"] == "failed"
+    assert failed["failure_kind"] == "worker_lost"
+    assert failed["lost_attempts"] == 2
+    for run in healthy:
+        assert wait_for(client, run["id"])["status"] == "succeeded"
+    # The pool replaced the killed workers: two live slots remain.
+    wait_until(lambda: len(client.get("/workers").json()) == 2, message="two live workers")
+
+
+def test_sigterm_hands_the_run_back_and_a_restart_finishes_it(
+    client: httpx.Client, worker_command: WorkerCommand
+):
+    run = post_run(client, long_spec(epochs=5, chaos={"epoch_sleep_seconds": 0.4}))
+    process = worker_command.start()
+    wait_until(lambda: client.get(f"/runs/{run['id']}").json()["progress"]["epoch"] >= 1)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(20) == 0
+    handed_back = client.get(f"/runs/{run['id']}").json()
+    assert handed_back["status"] == "queued"
+    assert (handed_back["attempt"], handed_back["lost_attempts"]) == (1, 0)
+    assert client.get("/workers").json() == []
+
+    worker_command.start()
+    finished = wait_for(client, run["id"], timeout=60)
+    assert finished["status"] == "succeeded", finished
+    assert (finished["attempt"], finished["lost_attempts"]) == (2, 0)
+    assert_epochs_once(client, run["id"], 5)
+
+
+def test_cancel_a_running_run_keeps_its_checkpoint_and_resume_continues(
+    client: httpx.Client, workers: LocalWorkers
+):
+    run = post_run(client, long_spec(epochs=3, chaos={"epoch_sleep_seconds": 0.5}))
+    workers.start()
+    wait_until(lambda: client.get(f"/runs/{run['id']}").json()["progress"]["epoch"] >= 1)
+    assert client.post(f"/runs/{run['id']}/cancel").json()["status"] in ("cancelling", "cancelled")
+    cancelled = wait_for(client, run["id"], timeout=20)
+    assert cancelled["status"] == "cancelled"
+    done = cancelled["progress"]["epoch"]
+    assert 1 <= done < 3
+
+    resumed = client.post(f"/runs/{run['id']}/resume", json={"epochs": 4})
+    assert resumed.status_code == 200 and resumed.json()["status"] == "queued"
+    finished = wait_for(client, run["id"], timeout=60)
+    assert finished["status"] == "succeeded", finished
+    assert_epochs_once(client, run["id"], 4)
+    assert epochs_of(client, run["id"])[0]["attempt"] == 1
+
+
+def test_divergence_and_timeout_fail_with_their_kind(client: httpx.Client, workers: LocalWorkers):
+    diverging = post_run(client, {**D2L_SPEC, "optimizer": {"type": "sgd", "lr": 1e6}})
+    slow = post_run(client, long_spec(epochs=50, max_seconds=0.5))
+    workers.start()
+    diverged = wait_for(client, diverging["id"])
+    assert (diverged["status"], diverged["failure_kind"]) == ("failed", "diverged")
+    assert "epoch 1" in diverged["error"]
+    timed_out = wait_for(client, slow["id"])
+    assert (timed_out["status"], timed_out["failure_kind"]) == ("failed", "timeout")
+    assert "max_seconds" in timed_out["error"]
+
+
+def test_many_workers_execute_every_run_exactly_once(client: httpx.Client, workers: LocalWorkers):
+    spec = {**D2L_SPEC, "dataset": {**D2L_SPEC["dataset"], "n_samples": 200}, "epochs": 2}
+    runs = [post_run(client, {**spec, "seed": seed}) for seed in range(40)]
+    for _ in range(4):
+        workers.start()
+    finished = [wait_for(client, run["id"], timeout=120) for run in runs]
+    assert {run["status"] for run in finished} == {"succeeded"}
+    assert {run["attempt"] for run in finished} == {1}
+    assert len({run["worker_id"] for run in finished}) > 1
+    for run in finished:
+        assert_epochs_once(client, run["id"], 2)
