@@ -74,8 +74,9 @@ def _configure_sqlite(engine: Engine) -> None:
 
 def make_engine(database_url: str) -> Engine:
     """Create an engine for the URL, with SQLite tuned for several processes."""
-    if database_url.startswith("postgresql://"):
-        database_url = "postgresql+psycopg://" + database_url.removeprefix("postgresql://")
+    for bare in ("postgresql://", "postgres://"):
+        if database_url.startswith(bare):
+            database_url = "postgresql+psycopg://" + database_url.removeprefix(bare)
     if database_url.startswith("sqlite"):
         engine = create_engine(
             database_url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}

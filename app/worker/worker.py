@@ -7,7 +7,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import timedelta
 from types import FrameType
@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 
 from app.config import Settings
 from app.database import make_engine, make_session_factory, unit_of_work, utcnow
@@ -106,12 +107,21 @@ class Worker:
     def run(self) -> None:
         """The worker loop: maintain the queue, claim, train, wait for a wake-up."""
         torch.set_num_threads(self.settings.torch_threads)
-        self._register()
         self._start_wake_sources()
+        registered = False
         try:
             while not self.stop_requested.is_set():
-                self._maintain_queue()
-                claim = self._claim()
+                try:
+                    if not registered:
+                        self._register()
+                        registered = True
+                    self._maintain_queue()
+                    claim = self._claim()
+                except DBAPIError:
+                    # An unreachable database is waited out, not a reason to exit.
+                    logger.warning("database unavailable; retrying", exc_info=True)
+                    self.stop_requested.wait(self.settings.poll_seconds)
+                    continue
                 if claim is not None:
                     RunExecution(self, claim).run()
                     continue
@@ -122,7 +132,7 @@ class Worker:
         finally:
             self.stop_requested.set()
             self._idle.set()
-            with unit_of_work(self.sessions) as session:
+            with suppress(DBAPIError), unit_of_work(self.sessions) as session:
                 queue.unregister_worker(session=session, worker_id=self.settings.worker_id)
             for thread in self._threads:
                 thread.join(timeout=2)
@@ -230,9 +240,16 @@ class RunExecution:
             logger.warning(
                 "run %s attempt %s was fenced off", self.claim.run_id, self.claim.attempt
             )
+        except DBAPIError:
+            # Nothing can be written now; the lease runs out and the run resumes elsewhere
+            # from its last checkpoint.
+            logger.exception("run %s: database error; abandoning the attempt", self.claim.run_id)
         except Exception as error:
             logger.exception("run %s failed unexpectedly", self.claim.run_id)
-            self._finish(RunStatus.FAILED, FailureKind.INTERNAL, f"{type(error).__name__}: {error}")
+            with suppress(queue.FencedError, DBAPIError):
+                self._finish(
+                    RunStatus.FAILED, FailureKind.INTERNAL, f"{type(error).__name__}: {error}"
+                )
         finally:
             self._heartbeat_done.set()
             heartbeat.join(timeout=self.worker.settings.heartbeat_seconds + 5)
@@ -331,6 +348,9 @@ class RunExecution:
             except queue.FencedError:
                 self._raise_attention(self.fenced)
                 return
+            except DBAPIError:
+                logger.warning("heartbeat for run %s failed; retrying", self.claim.run_id)
+                continue
             if status == RunStatus.CANCELLING:
                 self._raise_attention(self.cancel_requested)
 
