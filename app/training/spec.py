@@ -88,7 +88,9 @@ class MLPModel(StrictModel):
     hidden: list[Annotated[int, Field(ge=1)]] = Field(
         [64, 64], min_length=1, description="Width of each hidden layer."
     )
-    activation: Literal["relu", "tanh", "gelu", "sigmoid"] = "relu"
+    activation: Literal["relu", "tanh", "gelu", "sigmoid"] = Field(
+        "relu", description="Nonlinearity after each hidden layer."
+    )
     dropout: FiniteFloat = Field(0.0, ge=0, lt=1, description="Dropout after each hidden layer.")
 
 
@@ -100,9 +102,9 @@ class SGDOptimizer(StrictModel):
 
     type: Literal["sgd"] = "sgd"
     lr: FiniteFloat = Field(0.03, gt=0, description="Learning rate.")
-    momentum: FiniteFloat = Field(0.0, ge=0, lt=1)
-    weight_decay: FiniteFloat = Field(0.0, ge=0)
-    nesterov: bool = False
+    momentum: FiniteFloat = Field(0.0, ge=0, lt=1, description="Momentum factor.")
+    weight_decay: FiniteFloat = Field(0.0, ge=0, description="L2 penalty.")
+    nesterov: bool = Field(False, description="Nesterov momentum (needs momentum > 0).")
 
     @model_validator(mode="after")
     def _nesterov_needs_momentum(self) -> Self:
@@ -116,9 +118,11 @@ class AdamOptimizer(StrictModel):
 
     type: Literal["adam"] = "adam"
     lr: FiniteFloat = Field(1e-3, gt=0, description="Learning rate.")
-    betas: tuple[FiniteFloat, FiniteFloat] = (0.9, 0.999)
-    eps: FiniteFloat = Field(1e-8, gt=0)
-    weight_decay: FiniteFloat = Field(0.0, ge=0)
+    betas: tuple[FiniteFloat, FiniteFloat] = Field(
+        (0.9, 0.999), description="Decay rates of the first and second moment estimates."
+    )
+    eps: FiniteFloat = Field(1e-8, gt=0, description="Added to the denominator for stability.")
+    weight_decay: FiniteFloat = Field(0.0, ge=0, description="L2 penalty (coupled, as in Adam).")
 
 
 class AdamWOptimizer(StrictModel):
@@ -126,9 +130,11 @@ class AdamWOptimizer(StrictModel):
 
     type: Literal["adamw"] = "adamw"
     lr: FiniteFloat = Field(1e-3, gt=0, description="Learning rate.")
-    betas: tuple[FiniteFloat, FiniteFloat] = (0.9, 0.999)
-    eps: FiniteFloat = Field(1e-8, gt=0)
-    weight_decay: FiniteFloat = Field(0.01, ge=0)
+    betas: tuple[FiniteFloat, FiniteFloat] = Field(
+        (0.9, 0.999), description="Decay rates of the first and second moment estimates."
+    )
+    eps: FiniteFloat = Field(1e-8, gt=0, description="Added to the denominator for stability.")
+    weight_decay: FiniteFloat = Field(0.01, ge=0, description="Decoupled weight decay.")
 
 
 OptimizerSpec = Annotated[
