@@ -8,7 +8,7 @@ from typing import Literal, Protocol
 import torch
 
 from app.training.artifacts import Architecture, CheckpointBlob, pack_checkpoint, unpack_checkpoint
-from app.training.data import Table, feature_statistics, split_rows
+from app.training.data import Table, feature_statistics, materialize, split_rows
 from app.training.modules import make_loss, make_optimizer
 from app.training.spec import RunSpec
 
@@ -239,3 +239,25 @@ def estimation_error(trainer: Trainer) -> dict[str, list[float] | float] | None:
         "learned_w": w.tolist(),
         "learned_b": b,
     }
+
+
+class _Uninterrupted:
+    def interrupted(self) -> bool:
+        """Never stop."""
+        return False
+
+    def before_batch(self, epoch: int, batch: int, n_batches: int) -> None:
+        """Nothing to do before a batch."""
+
+    def epoch_finished(self, report: EpochReport, trainer: Trainer) -> None:
+        """Nothing to record."""
+
+
+def warm_up(device: torch.device) -> None:
+    """Train a tiny model once, so torch's lazy start-up (about a second) is not paid by a user."""
+    spec = RunSpec.model_validate(
+        {"dataset": {"type": "synthetic_linear", "n_samples": 8}, "epochs": 1, "batch_size": 4}
+    )
+    trainer = Trainer(spec=spec, table=materialize(spec.dataset, "regression"), device=device)
+    trainer.run(_Uninterrupted())
+    trainer.checkpoint()

@@ -22,7 +22,7 @@ from app.database import make_engine, make_session_factory, unit_of_work, utcnow
 from app.runs.models import FailureKind, RunStatus
 from app.training.artifacts import export_weights
 from app.training.data import materialize
-from app.training.engine import EpochReport, Outcome, Trainer, estimation_error
+from app.training.engine import EpochReport, Outcome, Trainer, estimation_error, warm_up
 from app.training.spec import RunSpec
 from app.worker import queue
 from app.worker.models import WorkerRecord
@@ -107,6 +107,11 @@ class Worker:
     def run(self) -> None:
         """The worker loop: maintain the queue, claim, train, wait for a wake-up."""
         torch.set_num_threads(self.settings.torch_threads)
+        try:
+            warm_up(torch.device(self.settings.device))
+        except (RuntimeError, AssertionError):
+            # A missing device is reported on each run that needs it, not fatal to the worker.
+            logger.warning("device %s is not usable", self.settings.device, exc_info=True)
         self._start_wake_sources()
         registered = False
         try:
