@@ -16,13 +16,12 @@ from app.worker.pool import SPAWN
 from tests.helpers import ApiServer, LocalWorkers
 
 
-def _reset(database_url: str) -> None:
+def _execute(database_url: str, *statements: str) -> None:
     engine = make_engine(database_url)
     try:
-        if engine.dialect.name == "postgresql":
-            with engine.begin() as connection:
-                connection.execute(text("DROP SCHEMA public CASCADE"))
-                connection.execute(text("CREATE SCHEMA public"))
+        with engine.begin() as connection:
+            for statement in statements:
+                connection.execute(text(statement))
     finally:
         engine.dispose()
 
@@ -33,7 +32,8 @@ def database_url(tmp_path_factory: pytest.TempPathFactory) -> str:
     url = os.environ.get("TEST_DATABASE_URL") or (
         f"sqlite:///{Path(tmp_path_factory.mktemp('db')) / 'fitserve.db'}"
     )
-    _reset(url)
+    if url.startswith("postgresql"):
+        _execute(url, "DROP SCHEMA public CASCADE", "CREATE SCHEMA public")
     upgrade_database(Settings(database_url=url))
     return url
 
@@ -54,13 +54,7 @@ def settings(database_url: str) -> Settings:
 
 @pytest.fixture(autouse=True)
 def _empty_runs(settings: Settings) -> None:
-    engine = make_engine(settings.database_url)
-    try:
-        with engine.begin() as connection:
-            connection.execute(text("DELETE FROM runs"))
-            connection.execute(text("DELETE FROM workers"))
-    finally:
-        engine.dispose()
+    _execute(settings.database_url, "DELETE FROM runs", "DELETE FROM workers")
 
 
 @pytest.fixture(scope="session")

@@ -91,16 +91,9 @@ def make_optimizer(
                 weight_decay=spec.weight_decay,
                 nesterov=spec.nesterov,
             )
-        case AdamOptimizer():
-            return torch.optim.Adam(
-                parameters,
-                lr=spec.lr,
-                betas=spec.betas,
-                eps=spec.eps,
-                weight_decay=spec.weight_decay,
-            )
-        case AdamWOptimizer():
-            return torch.optim.AdamW(
+        case AdamOptimizer() | AdamWOptimizer():
+            adam = torch.optim.Adam if isinstance(spec, AdamOptimizer) else torch.optim.AdamW
+            return adam(
                 parameters,
                 lr=spec.lr,
                 betas=spec.betas,

@@ -113,27 +113,25 @@ class SGDOptimizer(StrictModel):
         return self
 
 
-class AdamOptimizer(StrictModel):
+class _AdamFamily(StrictModel):
+    lr: FiniteFloat = Field(1e-3, gt=0, description="Learning rate.")
+    betas: tuple[FiniteFloat, FiniteFloat] = Field(
+        (0.9, 0.999), description="Decay rates of the first and second moment estimates."
+    )
+    eps: FiniteFloat = Field(1e-8, gt=0, description="Added to the denominator for stability.")
+
+
+class AdamOptimizer(_AdamFamily):
     """Adam."""
 
     type: Literal["adam"] = "adam"
-    lr: FiniteFloat = Field(1e-3, gt=0, description="Learning rate.")
-    betas: tuple[FiniteFloat, FiniteFloat] = Field(
-        (0.9, 0.999), description="Decay rates of the first and second moment estimates."
-    )
-    eps: FiniteFloat = Field(1e-8, gt=0, description="Added to the denominator for stability.")
     weight_decay: FiniteFloat = Field(0.0, ge=0, description="L2 penalty (coupled, as in Adam).")
 
 
-class AdamWOptimizer(StrictModel):
+class AdamWOptimizer(_AdamFamily):
     """Adam with decoupled weight decay."""
 
     type: Literal["adamw"] = "adamw"
-    lr: FiniteFloat = Field(1e-3, gt=0, description="Learning rate.")
-    betas: tuple[FiniteFloat, FiniteFloat] = Field(
-        (0.9, 0.999), description="Decay rates of the first and second moment estimates."
-    )
-    eps: FiniteFloat = Field(1e-8, gt=0, description="Added to the denominator for stability.")
     weight_decay: FiniteFloat = Field(0.01, ge=0, description="Decoupled weight decay.")
 
 

@@ -6,7 +6,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import timedelta
@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.database import make_engine, make_session_factory, unit_of_work, utcnow
@@ -338,26 +339,37 @@ class RunExecution:
             if self.stall_heartbeat:
                 continue
             try:
-                with unit_of_work(self.worker.sessions) as session:
-                    status = queue.renew_lease(
-                        session=session,
-                        run_id=self.claim.run_id,
-                        attempt=self.claim.attempt,
-                        lease_seconds=settings.lease_seconds,
-                    )
-                    queue.worker_heartbeat(
-                        session=session,
-                        worker_id=settings.worker_id,
-                        current_run_id=self.claim.run_id,
-                    )
-            except queue.FencedError:
-                self._raise_attention(self.fenced)
-                return
+                if not self._fenced_write(self._renew_lease):
+                    return
             except DBAPIError:
                 logger.warning("heartbeat for run %s failed; retrying", self.claim.run_id)
-                continue
-            if status == RunStatus.CANCELLING:
-                self._raise_attention(self.cancel_requested)
+
+    def _renew_lease(self, session: Session) -> str:
+        settings = self.worker.settings
+        queue.worker_heartbeat(
+            session=session, worker_id=settings.worker_id, current_run_id=self.claim.run_id
+        )
+        return queue.renew_lease(
+            session=session,
+            run_id=self.claim.run_id,
+            attempt=self.claim.attempt,
+            lease_seconds=settings.lease_seconds,
+        )
+
+    def _fenced_write(self, write: Callable[[Session], str]) -> bool:
+        """Run a write that returns the run's status; note a fence or a cancel request.
+
+        Returns False once this attempt has been fenced off.
+        """
+        try:
+            with unit_of_work(self.worker.sessions) as session:
+                status = write(session)
+        except queue.FencedError:
+            self._raise_attention(self.fenced)
+            return False
+        if status == RunStatus.CANCELLING:
+            self._raise_attention(self.cancel_requested)
+        return True
 
     def _raise_attention(self, flag: threading.Event) -> None:
         flag.set()
@@ -378,20 +390,17 @@ class RunExecution:
     def epoch_finished(self, report: EpochReport, trainer: Trainer) -> None:
         """Write the epoch row, with a checkpoint when one is due, in one transaction."""
         due = report.epoch % self.spec.checkpoint_every == 0 or report.epoch == self.spec.epochs
-        try:
-            with unit_of_work(self.worker.sessions) as session:
-                status = queue.record_epoch(
-                    session=session,
-                    run_id=self.claim.run_id,
-                    attempt=self.claim.attempt,
-                    report=report,
-                    checkpoint=trainer.checkpoint() if due else None,
-                )
-        except queue.FencedError:
-            self._raise_attention(self.fenced)
+        written = self._fenced_write(
+            lambda session: queue.record_epoch(
+                session=session,
+                run_id=self.claim.run_id,
+                attempt=self.claim.attempt,
+                report=report,
+                checkpoint=trainer.checkpoint() if due else None,
+            )
+        )
+        if not written:
             return
-        if status == RunStatus.CANCELLING:
-            self._raise_attention(self.cancel_requested)
         if self.spec.chaos is not None and self.spec.chaos.epoch_sleep_seconds:
             waited_from = time.monotonic()
             while time.monotonic() - waited_from < self.spec.chaos.epoch_sleep_seconds:
