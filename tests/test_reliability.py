@@ -86,13 +86,15 @@ def test_kill_9_mid_epoch_resumes_from_the_checkpoint_with_identical_weights(
     wait_until(lambda: first.process.exitcode is not None, message="worker killed itself")
     assert first.process.exitcode == -signal.SIGKILL
 
-    workers.start()
+    second = workers.start()
     run = wait_for(client, crashing["id"], timeout=60)
     assert run["status"] == "succeeded", run
     assert (run["attempt"], run["lost_attempts"]) == (2, 1)
     rows = assert_epochs_once(client, run["id"], 4)
     assert [row["attempt"] for row in rows] == [1, 1, 2, 2]
     assert weights_sha(client, run["id"]) == weights_sha(client, reference["id"])
+    # The killed worker stopped heartbeating and is no longer listed.
+    assert [worker["id"] for worker in client.get("/workers").json()] == [second.worker_id]
 
 
 def test_stale_worker_is_fenced_and_cannot_change_the_run(

@@ -25,6 +25,18 @@ class EpochReport:
     metrics: dict[str, float]
     seconds: float
 
+    def value(self, name: str) -> float | None:
+        """A loss or metric by name."""
+        return {"train_loss": self.train_loss, "val_loss": self.val_loss, **self.metrics}[name]
+
+    def non_finite(self) -> str | None:
+        """The first loss or metric that is NaN or infinite, if any."""
+        for name in ("train_loss", "val_loss", *self.metrics):
+            value = self.value(name)
+            if value is not None and not math.isfinite(value):
+                return name
+        return None
+
 
 @dataclass(frozen=True)
 class Outcome:
@@ -181,11 +193,12 @@ class Trainer:
             progress.epoch, progress.batch, progress.epoch_seconds = epoch, 0, 0.0
             progress.elapsed = elapsed_before + (time.perf_counter() - attempt_start)
             self._epoch_shuffle_state = self.shuffle_generator.get_state()
-            if not math.isfinite(report.train_loss):
+            non_finite = report.non_finite()
+            if non_finite:
                 return Outcome(
                     "diverged",
                     epoch=epoch,
-                    message=f"training loss became {report.train_loss} at epoch {epoch}",
+                    message=f"{non_finite} became {report.value(non_finite)} at epoch {epoch}",
                     last_report=report,
                 )
             hooks.epoch_finished(report, self)

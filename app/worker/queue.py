@@ -19,6 +19,7 @@ from app.training.engine import EpochReport
 from app.worker.models import WorkerRecord
 
 NOTIFY_CHANNEL = "fitserve_runs"
+WORKER_RECORD_RETENTION = timedelta(days=1)
 
 
 class FencedError(RuntimeError):
@@ -317,6 +318,18 @@ def unregister_worker(*, session: Session, worker_id: str) -> None:
         update(WorkerRecord)
         .where(WorkerRecord.id == worker_id)
         .values(stopped_at=utcnow(), current_run_id=None)
+    )
+
+
+def retire_silent_workers(*, session: Session, silent_since: datetime) -> None:
+    """Mark stopped the workers that have not heartbeated since the given time (killed, lost)."""
+    session.execute(
+        update(WorkerRecord)
+        .where(WorkerRecord.stopped_at.is_(None), WorkerRecord.heartbeat_at < silent_since)
+        .values(stopped_at=utcnow(), current_run_id=None)
+    )
+    session.execute(
+        delete(WorkerRecord).where(WorkerRecord.stopped_at < utcnow() - WORKER_RECORD_RETENTION)
     )
 
 

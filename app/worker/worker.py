@@ -165,6 +165,7 @@ class Worker:
             )
             queue.reap_expired(session=session)
             since = utcnow() - timedelta(seconds=self.settings.lease_seconds)
+            queue.retire_silent_workers(session=session, silent_since=since)
             queue.fail_unservable(
                 session=session,
                 live_devices=queue.live_worker_devices(session=session, since=since),
