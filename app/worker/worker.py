@@ -14,6 +14,7 @@ from types import FrameType
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
@@ -94,8 +95,8 @@ class Worker:
     def signal_handlers(self) -> Iterator[None]:
         """Turn SIGTERM and SIGINT into a graceful stop while the worker runs."""
 
-        def handle(signum: int, _frame: FrameType | None) -> None:
-            logger.info("worker %s: signal %s, stopping", self.settings.worker_id, signum)
+        def handle(_signum: int, _frame: FrameType | None) -> None:
+            # Only set events here: logging from a signal handler can deadlock on its lock.
             self.request_stop()
 
         previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGTERM, signal.SIGINT)}
@@ -129,7 +130,7 @@ class Worker:
                     self.stop_requested.wait(self.settings.poll_seconds)
                     continue
                 if claim is not None:
-                    RunExecution(self, claim).run()
+                    self._execute(claim)
                     continue
                 self._idle.set()
                 self._wake.wait(self.settings.poll_seconds)
@@ -143,6 +144,23 @@ class Worker:
             for thread in self._threads:
                 thread.join(timeout=2)
             self.engine.dispose()
+
+    def _execute(self, claim: queue.Claim) -> None:
+        try:
+            execution = RunExecution(self, claim)
+        except ValidationError as error:
+            # A stored spec that no longer validates would fail on every attempt.
+            with suppress(queue.FencedError), unit_of_work(self.sessions) as session:
+                queue.finish(
+                    session=session,
+                    run_id=claim.run_id,
+                    attempt=claim.attempt,
+                    status=RunStatus.FAILED,
+                    failure_kind=FailureKind.INVALID_INPUT,
+                    error=f"the stored spec is not valid: {error}",
+                )
+            return
+        execution.run()
 
     def _register(self) -> None:
         record = WorkerRecord(
@@ -211,7 +229,7 @@ class Worker:
                     while not self.stop_requested.is_set():
                         for _ in connection.notifies(timeout=0.5, stop_after=1):
                             self._wake.set()
-            except psycopg.OperationalError:
+            except psycopg.Error:
                 logger.warning("LISTEN connection lost; polling until it is back", exc_info=True)
                 self.stop_requested.wait(self.settings.poll_seconds)
 
