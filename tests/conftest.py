@@ -59,6 +59,7 @@ def _empty_runs(settings: Settings) -> None:
         with engine.begin() as connection:
             connection.execute(text("DELETE FROM runs"))
             connection.execute(text("DELETE FROM workers"))
+            connection.execute(text("DELETE FROM datasets"))
     finally:
         engine.dispose()
 

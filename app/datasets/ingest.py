@@ -7,9 +7,11 @@ fourth line.
 import csv
 import hashlib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Literal
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
@@ -366,7 +368,7 @@ def _finish(raw: pa.Table, format: str, options: IngestOptions, limits: Limits) 
                 ("file",), f"column {name!r}, row {infinite + 1}: the value is not finite"
             )
     task = _task(options, target)
-    stats = {name: _numeric_stats(raw.column(name)) for name in features}
+    stats = {name: _numeric_stats(raw.column(name), exact=_shortest) for name in features}
     stats[options.target] = (
         _numeric_stats(target) if _is_numeric(target.type) else {"missing": target.null_count}
     )
@@ -393,7 +395,10 @@ def _finish(raw: pa.Table, format: str, options: IngestOptions, limits: Limits) 
         features=features,
         columns=columns,
         stats=stats,
-        preview=table.slice(0, PREVIEW_ROWS).to_pylist(),
+        preview=[
+            {name: _shortest(value) if name in features else value for name, value in row.items()}
+            for row in table.slice(0, PREVIEW_ROWS).to_pylist()
+        ],
     )
 
 
@@ -417,11 +422,18 @@ def _finite_or_none(value: Any) -> float | None:
     return float(value) if value is not None and math.isfinite(value) else None
 
 
-def _numeric_stats(column: pa.ChunkedArray) -> dict[str, Any]:
+def _shortest(value: float | None) -> float | None:
+    """A float32 as the shortest decimal that reads back to it (0.1, not 0.10000000149)."""
+    return None if value is None else float(str(np.float32(value)))
+
+
+def _numeric_stats(
+    column: pa.ChunkedArray, exact: Callable[[Any], Any] = lambda value: value
+) -> dict[str, Any]:
     extremes = pc.min_max(column)
     return {
-        "min": _finite_or_none(extremes["min"].as_py()),
-        "max": _finite_or_none(extremes["max"].as_py()),
+        "min": _finite_or_none(exact(extremes["min"].as_py())),
+        "max": _finite_or_none(exact(extremes["max"].as_py())),
         "mean": _finite_or_none(pc.mean(column).as_py()),
         "std": _finite_or_none(pc.stddev(column).as_py()),
         "missing": column.null_count,
