@@ -135,12 +135,12 @@ def records_to_columns(records: list[dict[str, Any]]) -> dict[str, list[Any]]:
     return columns
 
 
-def to_ipc(table: pa.Table) -> bytes:
-    """The table as Arrow IPC stream bytes (the stored form of a dataset)."""
+def to_ipc(table: pa.Table) -> memoryview:
+    """The table as Arrow IPC stream bytes (the stored form of a dataset), without a copy."""
     sink = pa.BufferOutputStream()
     with ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table)
-    return sink.getvalue().to_pybytes()
+    return memoryview(sink.getvalue())
 
 
 def from_ipc(data: bytes) -> pa.Table:
@@ -223,16 +223,18 @@ def _read_csv(stream: BinaryIO, probe: bytes, options: IngestOptions, limits: Li
     selected = _selected(names, options)
     features = selected[:-1]
 
-    def read(types: dict[str, pa.DataType], **read_options: Any) -> pa.Table:
+    def read(types: dict[str, pa.DataType]) -> pa.Table:
+        # The streaming reader converts one block at a time, which keeps its peak memory near
+        # the size of the result where read_csv holds several times that.
         stream.seek(0)
-        return pacsv.read_csv(
+        reader = pacsv.open_csv(
             stream,
-            read_options=pacsv.ReadOptions(**read_options),
             parse_options=pacsv.ParseOptions(delimiter=delimiter),
             convert_options=pacsv.ConvertOptions(
                 column_types=types, include_columns=selected, strings_can_be_null=True
             ),
         )
+        return pa.Table.from_batches(list(reader), schema=reader.schema)
 
     try:
         return read(dict.fromkeys(features, FEATURE_TYPE))

@@ -1,15 +1,17 @@
 """HTTP endpoints of datasets: upload (multipart or JSON), built-ins, list, read, delete."""
 
-from typing import Annotated, TypeVar
+import tempfile
+from typing import Annotated, Any, BinaryIO, TypeVar
 
-from fastapi import APIRouter, HTTPException, Query, Request, Response, status
+from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import FormData, UploadFile
+from starlette.datastructures import ImmutableMultiDict, UploadFile
 
 from app.body_limit import BodyTooLargeError
+from app.config import Limits
 from app.datasets import service
 from app.datasets.ingest import DatasetInputError, IngestOptions
 from app.datasets.models import Dataset
@@ -63,7 +65,8 @@ def _validated(model: type[Options], value: object) -> Options:
         ) from None
 
 
-def _form_options(form: FormData) -> DatasetOptions:
+def _form_options(form: ImmutableMultiDict[str, Any]) -> DatasetOptions:
+    """Options from form fields or query parameters; `features` may repeat or hold commas."""
     values: dict[str, object] = {key: form[key] for key in form if key not in ("file", "features")}
     features = [name.strip() for item in form.getlist("features") for name in str(item).split(",")]
     if features:
@@ -110,7 +113,11 @@ def _answer(session: Session, dataset: Dataset, created: bool, response: Respons
 async def upload_dataset(
     request: Request, response: Response, session: SessionDep, settings: SettingsDep
 ) -> DatasetRead:
-    """Upload a CSV or Parquet file (multipart field `file`) or JSON records or columns."""
+    """Upload a CSV or Parquet file, or JSON records or columns.
+
+    The file goes in the multipart field `file` with the options as fields, or is the whole
+    body (any other content type, e.g. text/csv) with the options as query parameters.
+    """
     content_type = request.headers.get("content-type", "")
     limits = settings.limits
     if content_type.startswith("application/json"):
@@ -129,27 +136,41 @@ async def upload_dataset(
 
         return await run_in_threadpool(store_json)
     if not content_type.startswith("multipart/form-data"):
-        raise HTTPException(
-            status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
-            "send multipart/form-data with a `file` field, or application/json",
-        )
+        # The body is the file itself and the options are query parameters.
+        options = _form_options(request.query_params)
+        with tempfile.TemporaryFile() as spool:
+            # Writes land in the page cache, so they barely hold up the event loop.
+            async for chunk in request.stream():
+                spool.write(chunk)
+            return await _store_file(session, response, spool, options.name, options, limits)
     async with request.form(max_files=1, max_fields=32) as form:
         upload = form.get("file")
         if not isinstance(upload, UploadFile):
             raise DatasetInputError(("body", "file"), "the multipart field `file` is missing")
         options = _form_options(form)
+        name = options.name or upload.filename
+        return await _store_file(session, response, upload.file, name, options, limits)
 
-        def store_file() -> DatasetRead:
-            dataset, created = service.store_file(
-                session=session,
-                stream=upload.file,
-                name=options.name or upload.filename or "upload",
-                options=_ingest_options(options),
-                limits=limits,
-            )
-            return _answer(session, dataset, created, response)
 
-        return await run_in_threadpool(store_file)
+async def _store_file(
+    session: Session,
+    response: Response,
+    stream: BinaryIO,
+    name: str | None,
+    options: DatasetOptions,
+    limits: Limits,
+) -> DatasetRead:
+    def store() -> DatasetRead:
+        dataset, created = service.store_file(
+            session=session,
+            stream=stream,
+            name=name or "upload",
+            options=_ingest_options(options),
+            limits=limits,
+        )
+        return _answer(session, dataset, created, response)
+
+    return await run_in_threadpool(store)
 
 
 @router.post(
