@@ -19,6 +19,8 @@ class Limits(BaseModel):
     max_hidden_layers: int = 16
     max_parameters: int = 20_000_000
     max_predict_rows: int = 100_000
+    max_dataset_rows: int = 10_000_000
+    max_dataset_columns: int = 1_000
 
 
 class Settings(BaseSettings):
@@ -52,6 +54,10 @@ class Settings(BaseSettings):
     )
 
     max_body_bytes: int = 64 * 1024 * 1024
+    max_dataset_bytes: int = Field(
+        default=512 * 1024 * 1024,
+        description="Largest dataset upload to POST /datasets; other bodies keep max_body_bytes.",
+    )
     model_cache_entries: int = 256
     model_cache_bytes: int = 1024 * 1024 * 1024
     predict_device: str = "cpu"

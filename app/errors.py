@@ -4,6 +4,8 @@ from fastapi import FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from app.datasets.ingest import DatasetInputError
+from app.datasets.service import DatasetInUseError, DatasetNotFoundError
 from app.runs.service import RunNotFoundError, RunStateError, SpecLimitError
 from app.serving.service import InputShapeError
 
@@ -24,6 +26,14 @@ async def _over_limit(_request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, SpecLimitError)
     return JSONResponse(
         {"detail": _detail(("body", *error.loc), str(error), "limit_exceeded")},
+        status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
+    )
+
+
+async def _invalid_dataset(_request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, DatasetInputError)
+    return JSONResponse(
+        {"detail": _detail(("body", *error.loc), str(error), "invalid_dataset")},
         status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
     )
 
@@ -52,4 +62,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RunStateError, _conflict)
     app.add_exception_handler(SpecLimitError, _over_limit)
     app.add_exception_handler(InputShapeError, _bad_shape)
+    app.add_exception_handler(DatasetNotFoundError, _not_found)
+    app.add_exception_handler(DatasetInUseError, _conflict)
+    app.add_exception_handler(DatasetInputError, _invalid_dataset)
     app.add_exception_handler(RequestValidationError, _invalid_request)

@@ -7,6 +7,7 @@ from fastapi import FastAPI
 from app.body_limit import BodySizeLimitMiddleware
 from app.config import Settings
 from app.database import make_engine, make_session_factory, read_only_engine
+from app.datasets.router import router as datasets_router
 from app.errors import install_error_handlers
 from app.runs.router import router as runs_router
 from app.serving.cache import ModelCache
@@ -14,6 +15,7 @@ from app.serving.router import router as serving_router
 from app.system.router import router as system_router
 
 DESCRIPTION = """
+Upload a CSV, Parquet or JSON dataset to `/datasets` once, or post rows with the run.
 Post a dataset and hyperparameters to `/runs`; a worker process trains the model on its
 device; read the per-epoch losses and weights back, and predict from any trained run.
 """
@@ -38,8 +40,13 @@ def create_app(
         max_entries=settings.model_cache_entries, max_bytes=settings.model_cache_bytes
     )
     app.state.wakeup = wakeup or _no_wakeup
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodySizeLimitMiddleware,
+        max_bytes=settings.max_body_bytes,
+        path_limits={"/datasets": settings.max_dataset_bytes},
+    )
     install_error_handlers(app)
+    app.include_router(datasets_router)
     app.include_router(runs_router)
     app.include_router(serving_router)
     app.include_router(system_router)

@@ -54,7 +54,9 @@ def settings(database_url: str) -> Settings:
 
 @pytest.fixture(autouse=True)
 def _empty_runs(settings: Settings) -> None:
-    _execute(settings.database_url, "DELETE FROM runs", "DELETE FROM workers")
+    _execute(
+        settings.database_url, "DELETE FROM runs", "DELETE FROM workers", "DELETE FROM datasets"
+    )
 
 
 @pytest.fixture(scope="session")

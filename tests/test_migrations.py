@@ -20,7 +20,15 @@ def _assert_matches_models(url: str) -> None:
     finally:
         engine.dispose()
     assert differences == []
-    assert {"runs", "epochs", "checkpoints", "weights", "workers", "alembic_version"} <= tables
+    assert {
+        "runs",
+        "epochs",
+        "checkpoints",
+        "weights",
+        "workers",
+        "datasets",
+        "alembic_version",
+    } <= tables
 
 
 def test_upgrade_of_an_empty_sqlite_database(tmp_path: Path):

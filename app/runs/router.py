@@ -4,6 +4,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response, status
 
+from app.datasets.service import dataset_shape
 from app.dependencies import ModelCacheDep, ReadSessionDep, SessionDep, SettingsDep, WakeupDep
 from app.runs import service
 from app.runs.models import RunStatus
@@ -31,7 +32,12 @@ def create_run(
     ] = None,
 ) -> RunRead:
     """Queue a training run."""
-    service.check_limits(spec=spec, limits=settings.limits, chaos_enabled=settings.chaos_enabled)
+    service.check_limits(
+        spec=spec,
+        limits=settings.limits,
+        chaos_enabled=settings.chaos_enabled,
+        dataset_shape=dataset_shape(session=session, spec=spec),
+    )
     run, created = service.create_run(
         session=session,
         spec=spec,

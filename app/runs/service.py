@@ -57,10 +57,19 @@ def _dataset_shape(spec: RunSpec) -> tuple[int, int, int]:
     raise TypeError(f"unknown dataset type {type(dataset).__name__}")
 
 
-def check_limits(*, spec: RunSpec, limits: Limits, chaos_enabled: bool) -> None:
-    """Refuse a spec that asks for more than the server allows, naming the field."""
-    rows, features, outputs = _dataset_shape(spec)
-    rows_field = "features" if isinstance(spec.dataset, InlineDataset) else "n_samples"
+def check_limits(
+    *,
+    spec: RunSpec,
+    limits: Limits,
+    chaos_enabled: bool,
+    dataset_shape: tuple[int, int, int] | None = None,
+) -> None:
+    """Refuse a spec that asks for more than the server allows, naming the field.
+
+    `dataset_shape` gives rows, features and outputs of a stored dataset (read by the caller).
+    """
+    rows, features, outputs = dataset_shape or _dataset_shape(spec)
+    rows_field = {"inline": "features", "dataset": "id"}.get(spec.dataset.type, "n_samples")
     checks: list[tuple[bool, tuple[str | int, ...], str]] = [
         (spec.epochs > limits.max_epochs, ("epochs",), f"epochs is at most {limits.max_epochs}"),
         (

@@ -16,7 +16,7 @@ router = APIRouter(tags=["predict"])
 async def _predict(
     *,
     run_id: int,
-    inputs: list[list[float]],
+    body: PredictInputs,
     cache: ModelCache,
     sessions: sessionmaker[Session],
     settings: Settings,
@@ -31,7 +31,12 @@ async def _predict(
                 )
 
         model = await run_in_threadpool(load)
-    result = service.predict(model=model, inputs=inputs, max_rows=settings.limits.max_predict_rows)
+    result = service.predict(
+        model=model,
+        inputs=body.inputs,
+        records=body.records,
+        max_rows=settings.limits.max_predict_rows,
+    )
     return PredictResponse(run_id=run_id, weights_sha256=model.sha256, **result)
 
 
@@ -45,7 +50,7 @@ async def predict_run(
 ) -> PredictResponse:
     """Predict with a run's weights."""
     return await _predict(
-        run_id=run_id, inputs=body.inputs, cache=cache, sessions=sessions, settings=settings
+        run_id=run_id, body=body, cache=cache, sessions=sessions, settings=settings
     )
 
 
@@ -58,5 +63,5 @@ async def predict(
 ) -> PredictResponse:
     """Predict with the weights of the run named in the body."""
     return await _predict(
-        run_id=body.run_id, inputs=body.inputs, cache=cache, sessions=sessions, settings=settings
+        run_id=body.run_id, body=body, cache=cache, sessions=sessions, settings=settings
     )

@@ -1,22 +1,37 @@
 """Request and response bodies of the predict endpoints."""
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 
 
 class PredictInputs(BaseModel):
-    """Rows to predict, in the training feature order."""
+    """Rows to predict: lists in the training feature order, or records keyed by feature name."""
 
     model_config = ConfigDict(
-        extra="forbid", json_schema_extra={"examples": [{"inputs": [[1.0, 1.0]]}]}
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"inputs": [[1.0, 1.0]]}, {"records": [{"x0": 1.0, "x1": 1.0}]}]
+        },
     )
 
-    inputs: list[list[FiniteFloat]] = Field(
-        min_length=1, description="One list of feature values per row."
+    inputs: list[list[FiniteFloat]] | None = Field(
+        None, min_length=1, description="One list of feature values per row."
     )
+    records: list[dict[str, FiniteFloat]] | None = Field(
+        None,
+        min_length=1,
+        description="One object per row, keyed by the feature names of a model trained on a "
+        "stored dataset.",
+    )
+
+    @model_validator(mode="after")
+    def _inputs_or_records(self) -> Self:
+        if (self.inputs is None) == (self.records is None):
+            raise ValueError("send exactly one of inputs or records")
+        return self
 
 
 class PredictRequest(PredictInputs):

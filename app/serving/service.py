@@ -43,11 +43,43 @@ def cached_model(*, cache: ModelCache, session: Session, run_id: int, device: st
     return model
 
 
-def predict(*, model: LoadedModel, inputs: list[list[float]], max_rows: int) -> dict[str, object]:
-    """Run the model on the rows; labels and probabilities for classification."""
+def records_as_rows(
+    records: list[dict[str, float]], feature_names: list[str] | None
+) -> list[list[float]]:
+    """Records keyed by feature name as rows in the model's feature order."""
+    if feature_names is None:
+        raise InputShapeError(
+            "this model was trained without column names; send inputs in feature order"
+        )
+    expected = set(feature_names)
+    for index, record in enumerate(records):
+        if record.keys() != expected:
+            missing = [name for name in feature_names if name not in record]
+            problem = (
+                f"lacks column {missing[0]!r}"
+                if missing
+                else f"has column {sorted(record.keys() - expected)[0]!r}, which is no feature"
+            )
+            raise InputShapeError(
+                f"records[{index}] {problem}; the model takes {', '.join(feature_names)}"
+            )
+    return [[record[name] for name in feature_names] for record in records]
+
+
+def predict(
+    *,
+    model: LoadedModel,
+    inputs: list[list[float]] | None = None,
+    records: list[dict[str, float]] | None = None,
+    max_rows: int,
+) -> dict[str, object]:
+    """Run the model on rows or records; labels and probabilities for classification."""
     expected = model.architecture.n_features
-    if len(inputs) > max_rows:
-        raise InputShapeError(f"inputs has {len(inputs)} rows; at most {max_rows} per call")
+    rows = len(inputs if inputs is not None else records or [])
+    if rows > max_rows:
+        raise InputShapeError(f"the request has {rows} rows; at most {max_rows} per call")
+    if inputs is None:
+        inputs = records_as_rows(records or [], model.architecture.feature_names)
     for index, row in enumerate(inputs):
         if len(row) != expected:
             raise InputShapeError(

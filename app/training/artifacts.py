@@ -30,6 +30,7 @@ class Architecture:
     model: dict[str, Any]
     standardize: bool
     classes: list[Label] | None
+    feature_names: list[str] | None = None
 
     def build(self) -> TabularNet:
         """An untrained module of this architecture."""

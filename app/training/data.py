@@ -31,6 +31,7 @@ class Table:
     targets: torch.Tensor
     classes: list[Label] | None = None
     truth: LinearTruth | None = None
+    feature_names: list[str] | None = None
 
     @property
     def n_features(self) -> int:

@@ -95,6 +95,7 @@ class Trainer:
             model=spec.model.model_dump(),
             standardize=spec.standardize,
             classes=table.classes,
+            feature_names=table.feature_names,
         )
         torch.manual_seed(spec.seed)
         self.module = self.architecture.build()

@@ -69,8 +69,19 @@ class InlineDataset(StrictModel):
         return self
 
 
+class DatasetRef(StrictModel):
+    """A dataset stored with POST /datasets, by id; its task must match the run's."""
+
+    type: Literal["dataset"] = "dataset"
+    id: int = Field(ge=1, description="The dataset's id.")
+    target: str = Field(description="The dataset's target column.")
+    features: list[str] | None = Field(
+        None, min_length=1, description="Feature columns in model order (default: the dataset's)."
+    )
+
+
 DatasetSpec = Annotated[
-    SyntheticLinearDataset | SyntheticClassificationDataset | InlineDataset,
+    SyntheticLinearDataset | SyntheticClassificationDataset | InlineDataset | DatasetRef,
     Field(discriminator="type"),
 ]
 

@@ -21,9 +21,9 @@ from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.database import make_engine, make_session_factory, unit_of_work, utcnow
+from app.datasets.service import load_table
 from app.runs.models import FailureKind, RunStatus
 from app.training.artifacts import export_weights
-from app.training.data import materialize
 from app.training.engine import EpochReport, Outcome, Trainer, estimation_error, warm_up
 from app.training.spec import RunSpec
 from app.worker import queue
@@ -282,7 +282,10 @@ class RunExecution:
     def _execute(self) -> None:
         try:
             device = self._torch_device()
-            table = materialize(self.spec.dataset, self.spec.task or "regression")
+            with unit_of_work(self.worker.sessions) as session:
+                table = load_table(
+                    session=session, dataset=self.spec.dataset, task=self.spec.task or "regression"
+                )
             trainer = Trainer(spec=self.spec, table=table, device=device)
         except (ValueError, RuntimeError) as error:
             self._finish(RunStatus.FAILED, FailureKind.INVALID_INPUT, str(error))

@@ -1,0 +1,484 @@
+"""Parse uploaded CSV, Parquet or JSON with pyarrow into checked columns, stats and a preview.
+
+Rows are numbered from 1 after the header in every message, so "row 3" of a CSV file is its
+fourth line.
+"""
+
+import csv
+import hashlib
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, BinaryIO, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.ipc as ipc
+import pyarrow.parquet as pq
+
+from app.config import Limits
+from app.training.data import label_order
+from app.training.spec import Task
+
+MissingPolicy = Literal["error", "drop", "mean"]
+DELIMITERS = (",", ";", "\t")
+PARQUET_MAGIC = b"PAR1"
+HEADER_PROBE_BYTES = 1024 * 1024
+HASH_CHUNK_BYTES = 1024 * 1024
+PREVIEW_ROWS = 10
+FEATURE_TYPE = pa.float32()
+
+
+class DatasetInputError(ValueError):
+    """The upload cannot become a dataset; `loc` names the offending part of the request."""
+
+    def __init__(self, loc: tuple[str | int, ...], message: str) -> None:
+        super().__init__(message)
+        self.loc = loc
+
+
+@dataclass(frozen=True)
+class IngestOptions:
+    """What the caller said about the upload."""
+
+    target: str
+    features: list[str] | None = None
+    missing: MissingPolicy = "error"
+    task: Task | None = None
+    delimiter: str | None = None
+
+
+@dataclass(frozen=True)
+class Ingested:
+    """A checked dataset: feature columns as float32, then the target as uploaded."""
+
+    table: pa.Table
+    format: str
+    task: Task
+    features: list[str]
+    columns: list[dict[str, str]]
+    stats: dict[str, dict[str, Any]]
+    preview: list[dict[str, Any]]
+
+
+def sha256_of(stream: BinaryIO) -> str:
+    """The sha256 of a seekable stream's bytes, leaving it rewound."""
+    digest = hashlib.sha256()
+    stream.seek(0)
+    while chunk := stream.read(HASH_CHUNK_BYTES):
+        digest.update(chunk)
+    stream.seek(0)
+    return digest.hexdigest()
+
+
+def ingest_file(stream: BinaryIO, *, options: IngestOptions, limits: Limits) -> Ingested:
+    """Read an uploaded CSV or Parquet file (told apart by Parquet's magic bytes)."""
+    stream.seek(0)
+    probe = stream.read(HEADER_PROBE_BYTES)
+    stream.seek(0)
+    if not probe.strip():
+        raise DatasetInputError(("file",), "the file is empty")
+    if probe.startswith(PARQUET_MAGIC):
+        return _finish(_read_parquet(stream, options, limits), "parquet", options, limits)
+    return _finish(_read_csv(stream, probe, options, limits), "csv", options, limits)
+
+
+def ingest_columns(
+    columns: dict[str, list[Any]], *, options: IngestOptions, limits: Limits
+) -> Ingested:
+    """Build a dataset from JSON columns (every list one column, all the same length)."""
+    _check_names(list(columns), options, limits)
+    lengths = {name: len(values) for name, values in columns.items()}
+    first = next(iter(columns))
+    for name, length in lengths.items():
+        if length != lengths[first]:
+            raise DatasetInputError(
+                ("body", "columns", name),
+                f"column {name!r} has {length} values but column {first!r} has "
+                f"{lengths[first]}; every column needs one value per row",
+            )
+    arrays = {}
+    for name in _selected(list(columns), options):
+        values = columns[name]
+        if name == options.target:
+            arrays[name] = _json_target(name, values)
+            continue
+        for index, value in enumerate(values):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int | float)
+            ):
+                raise _not_a_number(name, index, value, loc=("body", "columns", name))
+        # from_pandas: a NaN is a missing value here, as in CSV and Parquet.
+        arrays[name] = pa.array(values, type=FEATURE_TYPE, from_pandas=True)
+    return _finish(pa.table(arrays), "json", options, limits)
+
+
+def records_to_columns(records: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    """Turn JSON records into columns; every record must have the first record's keys."""
+    if not records:
+        raise DatasetInputError(("body", "records"), "records is empty; send at least one row")
+    names = list(records[0])
+    columns: dict[str, list[Any]] = {name: [] for name in names}
+    for index, record in enumerate(records):
+        if record.keys() != columns.keys():
+            missing = [name for name in names if name not in record]
+            extra = [name for name in record if name not in columns]
+            problem = f"lacks {missing[0]!r}" if missing else f"has an extra key {extra[0]!r}"
+            raise DatasetInputError(
+                ("body", "records", index),
+                f"row {index + 1} {problem}; every record needs the keys of row 1",
+            )
+        for name in names:
+            columns[name].append(record[name])
+    return columns
+
+
+def to_ipc(table: pa.Table) -> memoryview:
+    """The table as Arrow IPC stream bytes (the stored form of a dataset), without a copy."""
+    sink = pa.BufferOutputStream()
+    with ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return memoryview(sink.getvalue())
+
+
+def from_ipc(data: bytes) -> pa.Table:
+    """Read a table stored by `to_ipc`."""
+    return ipc.open_stream(pa.py_buffer(data)).read_all()
+
+
+def _json_target(name: str, values: list[Any]) -> pa.Array:
+    kinds = {type(value) for value in values if value is not None}
+    if str in kinds and kinds != {str}:
+        index = next(i for i, value in enumerate(values) if not isinstance(value, str | None))
+        raise DatasetInputError(
+            ("body", name),
+            f"target column {name!r} mixes strings and numbers (row {index + 1}); "
+            "use one kind of label",
+        )
+    return pa.array(values)
+
+
+def _selected(names: list[str], options: IngestOptions) -> list[str]:
+    """The feature columns in file order, then the target."""
+    wanted = options.features
+    features = [name for name in names if name != options.target and (not wanted or name in wanted)]
+    if wanted:
+        features = [name for name in wanted if name in features]
+    return [*features, options.target]
+
+
+def _check_names(names: list[str], options: IngestOptions, limits: Limits) -> None:
+    if len(names) > limits.max_dataset_columns:
+        raise DatasetInputError(
+            ("file",), f"{len(names)} columns; at most {limits.max_dataset_columns}"
+        )
+    seen: dict[str, int] = {}
+    for position, name in enumerate(names, start=1):
+        if not name.strip():
+            raise DatasetInputError(("file",), f"column {position} has an empty name")
+        if name in seen:
+            raise DatasetInputError(
+                ("file",),
+                f"duplicate column name {name!r} (columns {seen[name]} and {position}); "
+                "every column needs its own name",
+            )
+        seen[name] = position
+    available = ", ".join(repr(name) for name in names)
+    if options.target not in seen:
+        raise DatasetInputError(
+            ("target",), f"unknown target column {options.target!r}; the columns are {available}"
+        )
+    for name in options.features or []:
+        if name not in seen:
+            raise DatasetInputError(
+                ("features",), f"unknown feature column {name!r}; the columns are {available}"
+            )
+        if name == options.target:
+            raise DatasetInputError(("features",), f"{name!r} is the target, not a feature")
+    if len(_selected(names, options)) < 2:
+        raise DatasetInputError(("features",), "no feature columns besides the target")
+
+
+def _header(probe: bytes, delimiter: str | None) -> tuple[list[str], str]:
+    end = probe.find(b"\n")
+    if end < 0 and len(probe) == HEADER_PROBE_BYTES:
+        raise DatasetInputError(
+            ("file",), f"the header line is longer than {HEADER_PROBE_BYTES} bytes"
+        )
+    line = probe[: end if end >= 0 else len(probe)]
+    try:
+        text = line.decode("utf-8-sig").rstrip("\r")
+    except UnicodeDecodeError as error:
+        raise DatasetInputError(("file",), f"the header is not UTF-8: {error}") from None
+    if delimiter is None:
+        delimiter = max(DELIMITERS, key=text.count)
+    return next(csv.reader([text], delimiter=delimiter)), delimiter
+
+
+def _read_csv(stream: BinaryIO, probe: bytes, options: IngestOptions, limits: Limits) -> pa.Table:
+    names, delimiter = _header(probe, options.delimiter)
+    _check_names(names, options, limits)
+    selected = _selected(names, options)
+    features = selected[:-1]
+
+    def read(types: dict[str, pa.DataType]) -> pa.Table:
+        # The streaming reader converts one block at a time, which keeps its peak memory near
+        # the size of the result where read_csv holds several times that.
+        stream.seek(0)
+        reader = pacsv.open_csv(
+            stream,
+            parse_options=pacsv.ParseOptions(delimiter=delimiter),
+            convert_options=pacsv.ConvertOptions(
+                column_types=types, include_columns=selected, strings_can_be_null=True
+            ),
+        )
+        return pa.Table.from_batches(list(reader), schema=reader.schema)
+
+    try:
+        return read(dict.fromkeys(features, FEATURE_TYPE))
+    except pa.ArrowInvalid as error:
+        message = str(error)
+        if "CSV parse error" in message:
+            raise _ragged(stream, delimiter, len(names)) from None
+        if "conversion error" not in message:
+            raise _unreadable(error) from None
+    # A conversion failed: read the columns as text to name the first value that is no number.
+    try:
+        as_text = read(dict.fromkeys(selected, pa.string()))
+    except pa.ArrowInvalid as error:
+        raise _unreadable(error) from None
+    for name in features:
+        _first_bad_number(name, as_text.column(name))
+    # The features are fine, so the target mixes numbers and text: keep its labels as text.
+    return read({**dict.fromkeys(features, FEATURE_TYPE), options.target: pa.string()})
+
+
+def _ragged(stream: BinaryIO, delimiter: str, width: int) -> DatasetInputError:
+    """Find the first row whose field count differs from the header's (single-threaded)."""
+    bad: list[pacsv.InvalidRow] = []
+
+    def record(row: pacsv.InvalidRow) -> str:
+        bad.append(row)
+        return "error"
+
+    stream.seek(0)
+    try:
+        pacsv.read_csv(
+            stream,
+            read_options=pacsv.ReadOptions(use_threads=False),
+            parse_options=pacsv.ParseOptions(delimiter=delimiter, invalid_row_handler=record),
+        )
+    except pa.ArrowInvalid as error:
+        if not bad:
+            return _unreadable(error)
+    row = bad[0]
+    where = f"row {row.number - 1}" if row.number is not None else f"the row {row.text[:80]!r}"
+    return DatasetInputError(
+        ("file",),
+        f"{where} has {row.actual_columns} values but the header has {width} columns; "
+        "every row needs one value per column",
+    )
+
+
+def _unreadable(error: Exception) -> DatasetInputError:
+    return DatasetInputError(("file",), f"cannot read the file as UTF-8 CSV: {error}")
+
+
+def _read_parquet(stream: BinaryIO, options: IngestOptions, limits: Limits) -> pa.Table:
+    try:
+        parquet = pq.ParquetFile(stream)
+    except pa.ArrowException as error:
+        raise DatasetInputError(("file",), f"not a readable Parquet file: {error}") from None
+    names = parquet.schema_arrow.names
+    _check_names(names, options, limits)
+    selected = _selected(names, options)
+    if parquet.metadata.num_rows > limits.max_dataset_rows:
+        raise _too_many_rows(parquet.metadata.num_rows, limits)
+    table = parquet.read(columns=selected)
+    columns = {}
+    for name in selected[:-1]:
+        column = table.column(name)
+        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+            _first_bad_number(name, column)
+        elif not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)):
+            raise DatasetInputError(
+                ("file",), f"column {name!r} has type {column.type}; features must be numbers"
+            )
+        # NaN is how Parquet writers often spell a missing number.
+        column = column.cast(FEATURE_TYPE)
+        columns[name] = pc.if_else(pc.is_nan(column), None, column)
+    columns[options.target] = table.column(options.target)
+    return pa.table(columns)
+
+
+def _first_bad_number(name: str, column: pa.ChunkedArray) -> None:
+    """Raise naming the first value of a text column that is not a number."""
+    offset = 0
+    for chunk in column.chunks:
+        try:
+            pc.cast(chunk, FEATURE_TYPE)
+        except pa.ArrowInvalid:
+            for index, value in enumerate(chunk.to_pylist()):
+                if value is not None and not _is_number(value):
+                    raise _not_a_number(name, offset + index, value) from None
+        offset += len(chunk)
+
+
+def _is_json_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _not_a_number(
+    name: str, index: int, value: object, loc: tuple[str | int, ...] = ("file",)
+) -> DatasetInputError:
+    return DatasetInputError(
+        loc,
+        f"column {name!r}, row {index + 1}: {str(value)[:40]!r} is not a number; "
+        "features must be numeric",
+    )
+
+
+def _too_many_rows(rows: int, limits: Limits) -> DatasetInputError:
+    return DatasetInputError(("file",), f"{rows} rows; at most {limits.max_dataset_rows}")
+
+
+def _first_true(mask: pa.ChunkedArray | pa.Array) -> int:
+    return pc.index(mask, True).as_py()
+
+
+def _finish(raw: pa.Table, format: str, options: IngestOptions, limits: Limits) -> Ingested:
+    if raw.num_rows == 0:
+        raise DatasetInputError(("file",), "the data has a header but no rows")
+    if raw.num_rows > limits.max_dataset_rows:
+        raise _too_many_rows(raw.num_rows, limits)
+    features = raw.column_names[:-1]
+    target = raw.column(options.target)
+    for name in features:
+        infinite = _first_true(pc.is_inf(raw.column(name)))
+        if infinite >= 0:
+            raise DatasetInputError(
+                ("file",), f"column {name!r}, row {infinite + 1}: the value is not finite"
+            )
+    task = _task(options, target)
+    stats = {name: _numeric_stats(raw.column(name), exact=_shortest) for name in features}
+    stats[options.target] = (
+        _numeric_stats(target) if _is_numeric(target.type) else {"missing": target.null_count}
+    )
+    table = _apply_missing(raw, options)
+    if task == "classification":
+        classes = _class_counts(table.column(options.target), limits)
+        stats[options.target]["classes"] = classes
+        if len(classes) < 2:
+            raise DatasetInputError(
+                ("target",),
+                f"target {options.target!r} has a single class {classes[0][0]!r}; "
+                "classification needs at least 2",
+            )
+    columns = [
+        {"name": name, "type": str(table.column(name).type), "role": "feature"} for name in features
+    ]
+    columns.append(
+        {"name": options.target, "type": str(table.column(options.target).type), "role": "target"}
+    )
+    return Ingested(
+        table=table,
+        format=format,
+        task=task,
+        features=features,
+        columns=columns,
+        stats=stats,
+        preview=[
+            {name: _shortest(value) if name in features else value for name, value in row.items()}
+            for row in table.slice(0, PREVIEW_ROWS).to_pylist()
+        ],
+    )
+
+
+def _is_numeric(kind: pa.DataType) -> bool:
+    return pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_null(kind)
+
+
+def _task(options: IngestOptions, target: pa.ChunkedArray) -> Task:
+    if _is_numeric(target.type):
+        return options.task or "regression"
+    if options.task == "regression":
+        raise DatasetInputError(
+            ("target",),
+            f"target {options.target!r} holds labels ({target.type}), not numbers; "
+            "regression needs numbers",
+        )
+    return "classification"
+
+
+def _finite_or_none(value: Any) -> float | None:
+    return float(value) if value is not None and math.isfinite(value) else None
+
+
+def _shortest(value: float | None) -> float | None:
+    """A float32 as the shortest decimal that reads back to it (0.1, not 0.10000000149)."""
+    return None if value is None else float(str(np.float32(value)))
+
+
+def _numeric_stats(
+    column: pa.ChunkedArray, exact: Callable[[Any], Any] = lambda value: value
+) -> dict[str, Any]:
+    extremes = pc.min_max(column)
+    return {
+        "min": _finite_or_none(exact(extremes["min"].as_py())),
+        "max": _finite_or_none(exact(extremes["max"].as_py())),
+        "mean": _finite_or_none(pc.mean(column).as_py()),
+        "std": _finite_or_none(pc.stddev(column).as_py()),
+        "missing": column.null_count,
+    }
+
+
+def _class_counts(target: pa.ChunkedArray, limits: Limits) -> list[list[Any]]:
+    """[label, count] pairs in the order training numbers the classes."""
+    counts = {item["values"]: item["counts"] for item in pc.value_counts(target).to_pylist()}
+    if len(counts) > limits.max_classes:
+        raise DatasetInputError(("target",), f"{len(counts)} classes; at most {limits.max_classes}")
+    return [[label, counts[label]] for label in label_order(list(counts))]
+
+
+def _apply_missing(table: pa.Table, options: IngestOptions) -> pa.Table:
+    """Refuse, drop or fill missing values as the policy says; the target is never filled."""
+    if options.missing == "error":
+        for name in table.column_names:
+            column = table.column(name)
+            if column.null_count:
+                row = _first_true(pc.is_null(column))
+                raise DatasetInputError(
+                    ("file",),
+                    f"column {name!r} is missing a value at row {row + 1}; "
+                    "fix the data or pass missing=drop or missing=mean",
+                )
+        return table
+    if options.missing == "mean":
+        table = pa.table(
+            {name: _fill_mean(name, table.column(name), options) for name in table.column_names}
+        )
+    kept = table.drop_null()
+    if kept.num_rows == 0:
+        raise DatasetInputError(("file",), "no rows are left once rows missing values are dropped")
+    return kept
+
+
+def _fill_mean(name: str, column: pa.ChunkedArray, options: IngestOptions) -> pa.ChunkedArray:
+    if name == options.target or not column.null_count:
+        return column
+    mean = pc.mean(column).as_py()
+    if mean is None:
+        raise DatasetInputError(
+            ("file",), f"column {name!r} has no values at all; its mean is undefined"
+        )
+    return pc.fill_null(column, pa.scalar(mean, FEATURE_TYPE))

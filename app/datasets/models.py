@@ -1,0 +1,36 @@
+"""The datasets table: metadata as JSON, the rows as one Arrow IPC blob loaded only on demand."""
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, LargeBinary, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.database import Base, UTCDateTime, utcnow
+
+
+class Dataset(Base):
+    """An uploaded dataset: checked feature columns (float32) and the target as uploaded."""
+
+    __tablename__ = "datasets"
+    # Runs name datasets by id, so an id must never come back for another dataset.
+    __table_args__ = ({"sqlite_autoincrement": True},)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(255))
+    # sha256 of the uploaded bytes; the fingerprint adds the options, so the same file read
+    # with another target is another dataset while an identical upload is found again.
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    fingerprint: Mapped[str] = mapped_column(String(64), unique=True)
+    format: Mapped[str] = mapped_column(String(16))
+    size_bytes: Mapped[int]
+    task: Mapped[str] = mapped_column(String(16))
+    target: Mapped[str] = mapped_column(String(255))
+    features: Mapped[list[str]] = mapped_column(JSON)
+    missing: Mapped[str] = mapped_column(String(16))
+    n_rows: Mapped[int]
+    columns: Mapped[list[dict[str, str]]] = mapped_column(JSON)
+    stats: Mapped[dict[str, Any]] = mapped_column(JSON)
+    preview: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    data: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

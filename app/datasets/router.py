@@ -1,0 +1,231 @@
+"""HTTP endpoints of datasets: upload (multipart or JSON), built-ins, list, read, delete."""
+
+import tempfile
+from typing import Annotated, Any, BinaryIO, TypeVar
+
+from fastapi import APIRouter, Query, Request, Response, status
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import ImmutableMultiDict, UploadFile
+
+from app.body_limit import BodyTooLargeError
+from app.config import Limits
+from app.datasets import service
+from app.datasets.ingest import DatasetInputError, IngestOptions
+from app.datasets.models import Dataset
+from app.datasets.schemas import (
+    BuiltinPage,
+    BuiltinRead,
+    DatasetJSON,
+    DatasetOptions,
+    DatasetPage,
+    DatasetRead,
+    DatasetSummary,
+)
+from app.dependencies import ReadSessionDep, SessionDep, SettingsDep
+
+router = APIRouter(prefix="/datasets", tags=["datasets"])
+Options = TypeVar("Options", bound=DatasetOptions)
+
+UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file", "target"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary"},
+                        **DatasetOptions.model_json_schema()["properties"],
+                        "features": {
+                            "type": "string",
+                            "description": "Repeat the field, or separate names with commas.",
+                        },
+                    },
+                }
+            },
+            "application/json": {"schema": DatasetJSON.model_json_schema()},
+        },
+    }
+}
+
+
+def _validated(model: type[Options], value: object) -> Options:
+    """The body as a model; errors become the usual 422 with `body` in their location."""
+    try:
+        if isinstance(value, str | bytes):
+            return model.model_validate_json(value)
+        return model.model_validate(value)
+    except ValidationError as error:
+        raise RequestValidationError(
+            [{**item, "loc": ("body", *item["loc"])} for item in error.errors()]
+        ) from None
+
+
+def _form_options(form: ImmutableMultiDict[str, Any]) -> DatasetOptions:
+    """Options from form fields or query parameters; `features` may repeat or hold commas."""
+    values: dict[str, object] = {key: form[key] for key in form if key not in ("file", "features")}
+    features = [name.strip() for item in form.getlist("features") for name in str(item).split(",")]
+    if features:
+        values["features"] = [name for name in features if name]
+    return _validated(DatasetOptions, values)
+
+
+def _ingest_options(options: DatasetOptions) -> IngestOptions:
+    return IngestOptions(
+        target=options.target,
+        features=options.features,
+        missing=options.missing,
+        task=options.task,
+        delimiter=options.delimiter,
+    )
+
+
+async def _capped_body(request: Request, max_bytes: int) -> bytes:
+    # JSON becomes Python objects many times its size, so it keeps the general body limit.
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > max_bytes:
+            raise BodyTooLargeError(max_bytes)
+    return bytes(body)
+
+
+def _answer(session: Session, dataset: Dataset, created: bool, response: Response) -> DatasetRead:
+    session.commit()
+    response.status_code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
+    response.headers["Location"] = f"/datasets/{dataset.id}"
+    return DatasetRead.model_validate(dataset)
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    openapi_extra=UPLOAD_BODY,
+    responses={
+        200: {"description": "The same bytes with the same options were already stored"},
+        413: {"description": "The upload is over max_dataset_bytes"},
+    },
+)
+async def upload_dataset(
+    request: Request, response: Response, session: SessionDep, settings: SettingsDep
+) -> DatasetRead:
+    """Upload a CSV or Parquet file, or JSON records or columns.
+
+    The file goes in the multipart field `file` with the options as fields, or is the whole
+    body (any other content type, e.g. text/csv) with the options as query parameters.
+    """
+    content_type = request.headers.get("content-type", "")
+    limits = settings.limits
+    if content_type.startswith("application/json"):
+        body = _validated(DatasetJSON, await _capped_body(request, settings.max_body_bytes))
+
+        def store_json() -> DatasetRead:
+            dataset, created = service.store_json(
+                session=session,
+                name=body.name or "upload",
+                options=_ingest_options(body),
+                records=body.records,
+                columns=body.columns,
+                limits=limits,
+            )
+            return _answer(session, dataset, created, response)
+
+        return await run_in_threadpool(store_json)
+    if not content_type.startswith("multipart/form-data"):
+        # The body is the file itself and the options are query parameters.
+        options = _form_options(request.query_params)
+        with tempfile.TemporaryFile() as spool:
+            # Writes land in the page cache, so they barely hold up the event loop.
+            async for chunk in request.stream():
+                spool.write(chunk)
+            return await _store_file(session, response, spool, options.name, options, limits)
+    async with request.form(max_files=1, max_fields=32) as form:
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise DatasetInputError(("body", "file"), "the multipart field `file` is missing")
+        options = _form_options(form)
+        name = options.name or upload.filename
+        return await _store_file(session, response, upload.file, name, options, limits)
+
+
+async def _store_file(
+    session: Session,
+    response: Response,
+    stream: BinaryIO,
+    name: str | None,
+    options: DatasetOptions,
+    limits: Limits,
+) -> DatasetRead:
+    def store() -> DatasetRead:
+        dataset, created = service.store_file(
+            session=session,
+            stream=stream,
+            name=name or "upload",
+            options=_ingest_options(options),
+            limits=limits,
+        )
+        return _answer(session, dataset, created, response)
+
+    return await run_in_threadpool(store)
+
+
+@router.post(
+    "/builtin/{name}",
+    status_code=status.HTTP_201_CREATED,
+    responses={200: {"description": "The built-in dataset was already stored"}},
+)
+def store_builtin(
+    name: str, response: Response, session: SessionDep, settings: SettingsDep
+) -> DatasetRead:
+    """Store a dataset shipped with fitserve (see `GET /datasets?builtin=true`)."""
+    dataset, created = service.store_builtin(session=session, name=name, limits=settings.limits)
+    return _answer(session, dataset, created, response)
+
+
+@router.get("")
+def list_datasets(
+    session: ReadSessionDep,
+    builtin: Annotated[bool, Query(description="List the built-in datasets instead.")] = False,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[
+        str | None, Query(pattern=r"^\d+$", description="next_cursor of a page")
+    ] = None,
+) -> DatasetPage | BuiltinPage:
+    """Stored datasets, newest first, one page at a time; or the built-in ones."""
+    if builtin:
+        return BuiltinPage(
+            items=[
+                BuiltinRead(
+                    name=name, description=item.description, target=item.target, task=item.task
+                )
+                for name, item in service.BUILTINS.items()
+            ]
+        )
+    datasets, next_id = service.list_datasets(
+        session=session, limit=limit, before_id=int(cursor) if cursor else None
+    )
+    return DatasetPage(
+        items=[DatasetSummary.model_validate(dataset) for dataset in datasets],
+        next_cursor=str(next_id) if next_id is not None else None,
+    )
+
+
+@router.get("/{dataset_id}")
+def get_dataset(dataset_id: int, session: ReadSessionDep) -> DatasetRead:
+    """One dataset: schema, per-column statistics and the first 10 rows."""
+    return DatasetRead.model_validate(service.get_dataset(session=session, dataset_id=dataset_id))
+
+
+@router.delete("/{dataset_id}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_dataset(
+    dataset_id: int,
+    session: SessionDep,
+    force: Annotated[bool, Query(description="Delete even while runs refer to it.")] = False,
+) -> None:
+    """Delete a dataset; 409 while runs refer to it unless `force=true`."""
+    service.delete_dataset(session=session, dataset_id=dataset_id, force=force)
+    session.commit()

@@ -1,0 +1,282 @@
+"""Datasets: store once (deduplicated), list, read, delete, and resolve for runs and workers."""
+
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, BinaryIO
+
+import numpy as np
+import torch
+from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, undefer
+
+from app.config import Limits
+from app.datasets.ingest import (
+    DatasetInputError,
+    Ingested,
+    IngestOptions,
+    from_ipc,
+    ingest_columns,
+    ingest_file,
+    records_to_columns,
+    sha256_of,
+    to_ipc,
+)
+from app.datasets.models import Dataset
+from app.runs.models import Run
+from app.training.data import Table, encode_labels, materialize
+from app.training.spec import DatasetRef, DatasetSpec, RunSpec, Task
+
+
+class DatasetNotFoundError(LookupError):
+    """No dataset (or built-in dataset) has that id or name."""
+
+
+class DatasetInUseError(RuntimeError):
+    """Runs still refer to the dataset."""
+
+
+@dataclass(frozen=True)
+class Builtin:
+    """A dataset shipped inside the package."""
+
+    file: str
+    target: str
+    task: Task
+    description: str
+
+
+BUILTINS = {
+    "iris": Builtin(
+        "iris.csv",
+        "species",
+        "classification",
+        "Fisher's iris (1936), 150 flowers, 4 measurements in cm, 3 species; public domain.",
+    ),
+    "friedman1": Builtin(
+        "friedman1.csv",
+        "y",
+        "regression",
+        "Friedman #1 (1991) on 200 points of the Kronecker sequence x_j = frac(i*sqrt(p_j)), "
+        "p = 2, 3, 5, 7, 11: y = 10 sin(pi x1 x2) + 20 (x3 - 0.5)^2 + 10 x4 + 5 x5, no noise.",
+    ),
+}
+
+
+def _fingerprint(sha256: str, options: IngestOptions) -> str:
+    """One digest of the content and every option that changes what is stored."""
+    key = json.dumps(
+        [sha256, options.target, options.features, options.missing, options.task],
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def _store_once(
+    session: Session,
+    *,
+    sha256: str,
+    size_bytes: int,
+    name: str,
+    options: IngestOptions,
+    ingest: Callable[[], Ingested],
+) -> tuple[Dataset, bool]:
+    """The dataset for these bytes and options: found again, or ingested and added now."""
+    fingerprint = _fingerprint(sha256, options)
+    existing = _by_fingerprint(session, fingerprint)
+    if existing is not None:
+        return existing, False
+    ingested = ingest()
+    dataset = Dataset(
+        name=name,
+        sha256=sha256,
+        fingerprint=fingerprint,
+        format=ingested.format,
+        size_bytes=size_bytes,
+        task=ingested.task,
+        target=options.target,
+        features=ingested.features,
+        missing=options.missing,
+        n_rows=ingested.table.num_rows,
+        columns=ingested.columns,
+        stats=ingested.stats,
+        preview=ingested.preview,
+        data=to_ipc(ingested.table),
+    )
+    try:
+        with session.begin_nested():
+            session.add(dataset)
+    except IntegrityError:
+        # The same upload raced this one and was stored first.
+        existing = _by_fingerprint(session, fingerprint)
+        if existing is None:
+            raise
+        return existing, False
+    return dataset, True
+
+
+def _by_fingerprint(session: Session, fingerprint: str) -> Dataset | None:
+    return session.scalars(select(Dataset).where(Dataset.fingerprint == fingerprint)).one_or_none()
+
+
+def store_file(
+    *, session: Session, stream: BinaryIO, name: str, options: IngestOptions, limits: Limits
+) -> tuple[Dataset, bool]:
+    """Store an uploaded CSV or Parquet file; returns the dataset and whether it is new."""
+    size_bytes = stream.seek(0, 2)
+    return _store_once(
+        session,
+        sha256=sha256_of(stream),
+        size_bytes=size_bytes,
+        name=name,
+        options=options,
+        ingest=lambda: ingest_file(stream, options=options, limits=limits),
+    )
+
+
+def store_json(
+    *,
+    session: Session,
+    name: str,
+    options: IngestOptions,
+    records: list[dict[str, Any]] | None,
+    columns: dict[str, list[Any]] | None,
+    limits: Limits,
+) -> tuple[Dataset, bool]:
+    """Store a dataset sent as JSON records or columns; dedupes on its canonical JSON."""
+    data = columns if columns is not None else records_to_columns(records or [])
+    canonical = json.dumps(data, separators=(",", ":")).encode()
+    return _store_once(
+        session,
+        sha256=hashlib.sha256(canonical).hexdigest(),
+        size_bytes=len(canonical),
+        name=name,
+        options=options,
+        ingest=lambda: ingest_columns(data, options=options, limits=limits),
+    )
+
+
+def store_builtin(*, session: Session, name: str, limits: Limits) -> tuple[Dataset, bool]:
+    """Store a built-in dataset by name (a no-op returning it when already stored)."""
+    builtin = BUILTINS.get(name)
+    if builtin is None:
+        raise DatasetNotFoundError(
+            f"no built-in dataset {name!r}; there are {', '.join(sorted(BUILTINS))}"
+        )
+    source = resources.files("app.datasets").joinpath("builtin", builtin.file)
+    with source.open("rb") as stream:
+        return store_file(
+            session=session,
+            stream=stream,
+            name=name,
+            options=IngestOptions(target=builtin.target, task=builtin.task),
+            limits=limits,
+        )
+
+
+def get_dataset(*, session: Session, dataset_id: int) -> Dataset:
+    """The dataset with that id (without its rows)."""
+    dataset = session.get(Dataset, dataset_id)
+    if dataset is None:
+        raise DatasetNotFoundError(f"dataset {dataset_id} not found")
+    return dataset
+
+
+def list_datasets(
+    *, session: Session, limit: int, before_id: int | None
+) -> tuple[Sequence[Dataset], int | None]:
+    """A page of datasets, newest first, and the id to continue before (None at the end)."""
+    query = select(Dataset).order_by(Dataset.id.desc()).limit(limit + 1)
+    if before_id is not None:
+        query = query.where(Dataset.id < before_id)
+    datasets = session.scalars(query).all()
+    if len(datasets) > limit:
+        return datasets[:limit], datasets[limit - 1].id
+    return datasets, None
+
+
+def referring_runs(*, session: Session, dataset_id: int) -> list[int]:
+    """Ids of the runs whose spec names the dataset."""
+    return list(
+        session.scalars(
+            select(Run.id)
+            .where(
+                Run.spec[("dataset", "type")].as_string() == "dataset",
+                Run.spec[("dataset", "id")].as_integer() == dataset_id,
+            )
+            .order_by(Run.id)
+        )
+    )
+
+
+def delete_dataset(*, session: Session, dataset_id: int, force: bool) -> None:
+    """Delete a dataset; refused while runs refer to it unless forced (they then fail to run)."""
+    dataset = get_dataset(session=session, dataset_id=dataset_id)
+    runs = referring_runs(session=session, dataset_id=dataset_id)
+    if runs and not force:
+        shown = ", ".join(str(run_id) for run_id in runs[:10])
+        raise DatasetInUseError(
+            f"dataset {dataset_id} is used by {len(runs)} run(s) ({shown}); "
+            "delete them first or pass force=true"
+        )
+    session.execute(delete(Dataset).where(Dataset.id == dataset_id))
+    session.expunge(dataset)
+
+
+def _check_ref(dataset: Dataset, ref: DatasetRef, task: Task | None) -> list[str]:
+    """The ref's feature columns; a DatasetInputError naming the field that does not fit."""
+    if ref.target != dataset.target:
+        raise DatasetInputError(
+            ("dataset", "target"),
+            f"dataset {dataset.id} has target {dataset.target!r}, not {ref.target!r}",
+        )
+    if task is not None and task != dataset.task:
+        raise DatasetInputError(
+            ("task",),
+            f"dataset {dataset.id} is for {dataset.task}, not {task}; set task to {dataset.task}",
+        )
+    for index, name in enumerate(ref.features or []):
+        if name not in dataset.features:
+            raise DatasetInputError(
+                ("dataset", "features", index),
+                f"dataset {dataset.id} has no feature column {name!r}; "
+                f"it has {', '.join(repr(feature) for feature in dataset.features)}",
+            )
+    return ref.features or dataset.features
+
+
+def dataset_shape(*, session: Session, spec: RunSpec) -> tuple[int, int, int] | None:
+    """Rows, features and outputs of a run's stored dataset, its ref checked (None: no ref)."""
+    ref = spec.dataset
+    if not isinstance(ref, DatasetRef):
+        return None
+    dataset = session.get(Dataset, ref.id)
+    if dataset is None:
+        raise DatasetInputError(("dataset", "id"), f"dataset {ref.id} does not exist")
+    features = _check_ref(dataset, ref, spec.task)
+    classes = dataset.stats[dataset.target].get("classes")
+    return dataset.n_rows, len(features), len(classes) if classes else 1
+
+
+def load_table(*, session: Session, dataset: DatasetSpec, task: Task) -> Table:
+    """The training table of any dataset spec; a stored one is read from the database."""
+    if not isinstance(dataset, DatasetRef):
+        return materialize(dataset, task)
+    stored = session.get(Dataset, dataset.id, options=[undefer(Dataset.data)])
+    if stored is None:
+        raise ValueError(f"dataset {dataset.id} no longer exists")
+    try:
+        features = _check_ref(stored, dataset, task)
+    except DatasetInputError as error:
+        raise ValueError(str(error)) from None
+    table = from_ipc(stored.data)
+    matrix = np.column_stack([table.column(name).to_numpy() for name in features])
+    target = table.column(stored.target)
+    if task == "classification":
+        targets, classes = encode_labels(target.to_pylist())
+        return Table(torch.from_numpy(matrix), targets, classes=classes, feature_names=features)
+    values = torch.from_numpy(target.to_numpy().astype(np.float32))
+    return Table(torch.from_numpy(matrix), values, feature_names=features)
