@@ -26,7 +26,6 @@ def upload_iris(client: httpx.Client) -> dict:
 def iris_spec(dataset_id: int, model: dict) -> dict:
     return {
         "dataset": {"type": "dataset", "id": dataset_id, "target": "species"},
-        "task": "classification",
         "model": model,
         "optimizer": {"type": "adam", "lr": 0.05},
         "epochs": 60,
@@ -63,6 +62,7 @@ def test_iris_upload_train_and_predict_by_column_name(client: httpx.Client, work
     for created in runs:
         run = wait_for(client, created["id"])
         assert run["status"] == "succeeded", run
+        assert (run["task"], run["spec"]["loss"]) == ("classification", "cross_entropy")
         assert run["metrics"]["val_accuracy"] >= 0.9
         answer = client.post(
             f"/runs/{run['id']}/predict", json={"records": [SETOSA, VIRGINICA]}

@@ -26,6 +26,7 @@ from app.datasets.ingest import (
     to_ipc,
 )
 from app.datasets.models import Dataset
+from app.pagination import newest_first
 from app.runs.models import Run
 from app.training.data import Table, encode_labels, materialize
 from app.training.spec import DatasetRef, DatasetSpec, RunSpec, Task
@@ -189,13 +190,13 @@ def list_datasets(
     *, session: Session, limit: int, before_id: int | None
 ) -> tuple[Sequence[Dataset], int | None]:
     """A page of datasets, newest first, and the id to continue before (None at the end)."""
-    query = select(Dataset).order_by(Dataset.id.desc()).limit(limit + 1)
-    if before_id is not None:
-        query = query.where(Dataset.id < before_id)
-    datasets = session.scalars(query).all()
-    if len(datasets) > limit:
-        return datasets[:limit], datasets[limit - 1].id
-    return datasets, None
+    return newest_first(
+        session=session,
+        query=select(Dataset),
+        id_column=Dataset.id,
+        limit=limit,
+        before_id=before_id,
+    )
 
 
 def referring_runs(*, session: Session, dataset_id: int) -> list[int]:
@@ -246,6 +247,18 @@ def _check_ref(dataset: Dataset, ref: DatasetRef, task: Task | None) -> list[str
                 f"it has {', '.join(repr(feature) for feature in dataset.features)}",
             )
     return ref.features or dataset.features
+
+
+def with_dataset_task(*, session: Session, spec: RunSpec) -> RunSpec:
+    """The spec with the stored dataset's task, when the caller named neither task nor loss."""
+    ref = spec.dataset
+    if not isinstance(ref, DatasetRef) or not spec.task_inferred:
+        return spec
+    dataset = session.get(Dataset, ref.id)
+    if dataset is None or dataset.task == spec.task:
+        return spec
+    loss = "cross_entropy" if dataset.task == "classification" else "mse"
+    return spec.model_copy(update={"task": dataset.task, "loss": loss})
 
 
 def dataset_shape(*, session: Session, spec: RunSpec) -> tuple[int, int, int] | None:

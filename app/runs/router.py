@@ -4,7 +4,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response, status
 
-from app.datasets.service import dataset_shape
+from app.datasets.service import dataset_shape, with_dataset_task
 from app.dependencies import ModelCacheDep, ReadSessionDep, SessionDep, SettingsDep, WakeupDep
 from app.runs import service
 from app.runs.models import RunStatus
@@ -32,6 +32,7 @@ def create_run(
     ] = None,
 ) -> RunRead:
     """Queue a training run."""
+    spec = with_dataset_task(session=session, spec=spec)
     service.check_limits(
         spec=spec,
         limits=settings.limits,

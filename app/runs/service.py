@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 
 from app.config import Limits
 from app.database import utcnow
+from app.pagination import newest_first
 from app.runs.models import Epoch, Run, RunStatus, Weights
 from app.training.data import label_order
 from app.training.modules import count_parameters
@@ -187,15 +188,10 @@ def list_runs(
     *, session: Session, status: RunStatus | None, limit: int, before_id: int | None
 ) -> tuple[Sequence[Run], int | None]:
     """A page of runs, newest first, and the id to continue before (None at the end)."""
-    query = select(Run).order_by(Run.id.desc()).limit(limit + 1)
-    if status is not None:
-        query = query.where(Run.status == status)
-    if before_id is not None:
-        query = query.where(Run.id < before_id)
-    runs = session.scalars(query).all()
-    if len(runs) > limit:
-        return runs[:limit], runs[limit - 1].id
-    return runs, None
+    query = select(Run) if status is None else select(Run).where(Run.status == status)
+    return newest_first(
+        session=session, query=query, id_column=Run.id, limit=limit, before_id=before_id
+    )
 
 
 def list_epochs(*, session: Session, run_id: int) -> Sequence[Epoch]:

@@ -2,7 +2,7 @@
 
 from typing import Annotated, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 Label = Annotated[int | FiniteFloat | str, Field(union_mode="smart")]
@@ -244,12 +244,20 @@ class RunSpec(StrictModel):
     )
     chaos: Chaos | None = Field(None, description="Fault injection (tests only).")
 
+    _task_inferred: bool = PrivateAttr(False)
+
+    @property
+    def task_inferred(self) -> bool:
+        """Whether the caller named neither task nor loss, so both were filled in."""
+        return self._task_inferred
+
     @model_validator(mode="after")
     def _resolve_task_and_loss(self) -> Self:
         dataset_task: Task | None = {
             "synthetic_linear": "regression",
             "synthetic_classification": "classification",
         }.get(self.dataset.type)  # type: ignore[assignment]
+        self._task_inferred = self.task is None and self.loss is None
         if self.task is None:
             if self.loss is not None:
                 self.task = "classification" if self.loss == "cross_entropy" else "regression"
