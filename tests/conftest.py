@@ -57,6 +57,9 @@ def _empty_runs(settings: Settings) -> None:
     engine = make_engine(settings.database_url)
     try:
         with engine.begin() as connection:
+            # Registered versions hold on to their runs; the bump drops cached resolutions.
+            connection.execute(text("DELETE FROM registered_models"))
+            connection.execute(text("UPDATE registry_state SET generation = generation + 1"))
             connection.execute(text("DELETE FROM runs"))
             connection.execute(text("DELETE FROM workers"))
     finally:

@@ -20,7 +20,18 @@ def _assert_matches_models(url: str) -> None:
     finally:
         engine.dispose()
     assert differences == []
-    assert {"runs", "epochs", "checkpoints", "weights", "workers", "alembic_version"} <= tables
+    assert {
+        "runs",
+        "epochs",
+        "checkpoints",
+        "weights",
+        "workers",
+        "registered_models",
+        "model_versions",
+        "model_aliases",
+        "registry_state",
+        "alembic_version",
+    } <= tables
 
 
 def test_upgrade_of_an_empty_sqlite_database(tmp_path: Path):
