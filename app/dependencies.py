@@ -10,7 +10,8 @@ from fastapi import Depends, Request
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
-from app.serving.cache import ModelCache
+from app.serving.cache import ModelCache, NameCache
+from app.serving.service import Serving
 
 
 async def get_settings(request: Request) -> Settings:
@@ -40,6 +41,16 @@ async def get_model_cache(request: Request) -> ModelCache:
     return request.app.state.model_cache
 
 
+async def get_name_cache(request: Request) -> NameCache:
+    """The process's cache of resolved model names."""
+    return request.app.state.serving.names
+
+
+async def get_serving(request: Request) -> Serving:
+    """Caches, read sessions and settings of the predict path."""
+    return request.app.state.serving
+
+
 async def get_wakeup(request: Request) -> Callable[[], None]:
     """Wakes a local idle worker after a run is queued (a no-op without a local pool)."""
     return request.app.state.wakeup
@@ -50,4 +61,6 @@ SessionDep = Annotated[Session, Depends(get_session)]
 ReadSessionDep = Annotated[Session, Depends(get_read_session)]
 ReadSessionFactoryDep = Annotated[sessionmaker[Session], Depends(get_read_session_factory)]
 ModelCacheDep = Annotated[ModelCache, Depends(get_model_cache)]
+NameCacheDep = Annotated[NameCache, Depends(get_name_cache)]
+ServingDep = Annotated[Serving, Depends(get_serving)]
 WakeupDep = Annotated[Callable[[], None], Depends(get_wakeup)]

@@ -4,6 +4,7 @@ from fastapi import FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from app.registry.service import RegistryNotFoundError, ReservedAliasError, RunRegisteredError
 from app.runs.service import RunNotFoundError, RunStateError, SpecLimitError
 from app.serving.service import InputShapeError
 
@@ -35,6 +36,13 @@ async def _bad_shape(_request: Request, error: Exception) -> JSONResponse:
     )
 
 
+async def _reserved_alias(_request: Request, error: Exception) -> JSONResponse:
+    return JSONResponse(
+        {"detail": _detail(("path", "alias"), str(error), "reserved")},
+        status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
+    )
+
+
 async def _invalid_request(_request: Request, error: Exception) -> JSONResponse:
     # The default answer echoes the offending input, which for an inline dataset is the
     # whole upload; the location and message are what a caller needs.
@@ -50,6 +58,9 @@ def install_error_handlers(app: FastAPI) -> None:
     """Map domain errors to 404, 409 and 422 answers."""
     app.add_exception_handler(RunNotFoundError, _not_found)
     app.add_exception_handler(RunStateError, _conflict)
+    app.add_exception_handler(RegistryNotFoundError, _not_found)
+    app.add_exception_handler(RunRegisteredError, _conflict)
+    app.add_exception_handler(ReservedAliasError, _reserved_alias)
     app.add_exception_handler(SpecLimitError, _over_limit)
     app.add_exception_handler(InputShapeError, _bad_shape)
     app.add_exception_handler(RequestValidationError, _invalid_request)

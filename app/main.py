@@ -1,6 +1,7 @@
 """The FastAPI application factory."""
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
@@ -8,14 +9,18 @@ from app.body_limit import BodySizeLimitMiddleware
 from app.config import Settings
 from app.database import make_engine, make_session_factory, read_only_engine
 from app.errors import install_error_handlers
+from app.registry.router import router as registry_router
 from app.runs.router import router as runs_router
-from app.serving.cache import ModelCache
+from app.serving.cache import ModelCache, NameCache
 from app.serving.router import router as serving_router
+from app.serving.service import Serving
+from app.serving.watcher import RegistryWatcher
 from app.system.router import router as system_router
 
 DESCRIPTION = """
 Post a dataset and hyperparameters to `/runs`; a worker process trains the model on its
-device; read the per-epoch losses and weights back, and predict from any trained run.
+device; read the per-epoch losses and weights back, register runs as versions of named
+models, and predict from any trained run or `name@alias`.
 """
 
 
@@ -23,13 +28,23 @@ def _no_wakeup() -> None:
     """Nothing to wake: workers run elsewhere and learn of new runs by NOTIFY or polling."""
 
 
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    watcher: RegistryWatcher = app.state.registry_watcher
+    watcher.start()
+    try:
+        yield
+    finally:
+        watcher.stop()
+
+
 def create_app(
     settings: Settings | None = None, *, wakeup: Callable[[], None] | None = None
 ) -> FastAPI:
-    """Build the API around one engine, one model cache and the given settings."""
+    """Build the API around one engine, its caches and the given settings."""
     settings = settings or Settings()
     engine = make_engine(settings.database_url)
-    app = FastAPI(title="fitserve", version="0.1.0", description=DESCRIPTION)
+    app = FastAPI(title="fitserve", version="0.1.0", description=DESCRIPTION, lifespan=_lifespan)
     app.state.settings = settings
     app.state.engine = engine
     app.state.sessions = make_session_factory(engine)
@@ -37,10 +52,23 @@ def create_app(
     app.state.model_cache = ModelCache(
         max_entries=settings.model_cache_entries, max_bytes=settings.model_cache_bytes
     )
+    app.state.serving = Serving(
+        models=app.state.model_cache,
+        names=NameCache(max_staleness=settings.registry_max_staleness_seconds),
+        sessions=app.state.read_sessions,
+        settings=settings,
+    )
+    app.state.registry_watcher = RegistryWatcher(
+        sessions=app.state.read_sessions,
+        models=app.state.serving.models,
+        names=app.state.serving.names,
+        interval=settings.registry_poll_seconds,
+    )
     app.state.wakeup = wakeup or _no_wakeup
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     install_error_handlers(app)
     app.include_router(runs_router)
+    app.include_router(registry_router)
     app.include_router(serving_router)
     app.include_router(system_router)
     return app
