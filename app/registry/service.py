@@ -225,13 +225,14 @@ def describe_model(*, session: Session, name: str) -> ModelInfo:
 def list_models(*, session: Session) -> Sequence[ModelInfo]:
     """Every model by name, with its latest version and aliases (versions left out)."""
     models = session.scalars(select(RegisteredModel).order_by(RegisteredModel.name)).all()
-    latest = dict(
-        session.execute(
+    latest: dict[int, int] = {
+        model_id: version
+        for model_id, version in session.execute(
             select(ModelVersion.model_id, func.max(ModelVersion.version)).group_by(
                 ModelVersion.model_id
             )
-        ).tuples()
-    )
+        )
+    }
     aliases: dict[int, dict[str, int]] = {}
     for model_id, alias, version in session.execute(
         select(ModelAlias.model_id, ModelAlias.alias, ModelVersion.version)
