@@ -24,9 +24,15 @@ class BodySizeLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = dict(scope["headers"]).get(b"content-length")
+        headers = dict(scope["headers"])
+        declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             await self._refuse(send)
+            return
+        if declared is not None and b"transfer-encoding" not in headers:
+            # The server frames the body by Content-Length: it cannot grow past the
+            # declared size, so only streamed bodies need counting (and the call is cheaper).
+            await self.app(scope, receive, send)
             return
         received = 0
         response_started = False

@@ -46,8 +46,12 @@ async def get_name_cache(request: Request) -> NameCache:
     return request.app.state.serving.names
 
 
-async def get_serving(request: Request) -> Serving:
-    """Caches, read sessions and settings of the predict path."""
+def serving_state(request: Request) -> Serving:
+    """Caches, read sessions and settings of the predict path.
+
+    The predict handlers call this directly rather than through `Depends`: resolving a
+    dependency costs about as much as the forward pass of a small model.
+    """
     return request.app.state.serving
 
 
@@ -62,5 +66,4 @@ ReadSessionDep = Annotated[Session, Depends(get_read_session)]
 ReadSessionFactoryDep = Annotated[sessionmaker[Session], Depends(get_read_session_factory)]
 ModelCacheDep = Annotated[ModelCache, Depends(get_model_cache)]
 NameCacheDep = Annotated[NameCache, Depends(get_name_cache)]
-ServingDep = Annotated[Serving, Depends(get_serving)]
 WakeupDep = Annotated[Callable[[], None], Depends(get_wakeup)]

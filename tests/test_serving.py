@@ -19,7 +19,8 @@ from tests.helpers import D2L_SPEC, ApiServer, LocalWorkers, post_run, wait_for,
 
 def _loaded(run_id: int, size_bytes: int) -> LoadedModel:
     architecture = Architecture("regression", 1, 1, {"type": "linear"}, False, None)
-    return LoadedModel(run_id, f"sha{run_id}", torch.nn.Linear(1, 1), architecture, size_bytes)
+    module = torch.nn.Linear(1, 1)
+    return LoadedModel(run_id, f"sha{run_id}", module, architecture, size_bytes, "cpu")
 
 
 def test_model_cache_is_bounded_by_entries_and_bytes():

@@ -21,6 +21,7 @@ class LoadedModel:
     module: torch.nn.Module
     architecture: Architecture
     size_bytes: int
+    device: str
 
 
 class ModelCache:

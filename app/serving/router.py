@@ -15,7 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from app.dependencies import ServingDep
+from app.dependencies import serving_state
 from app.registry.service import ALIAS_PATTERN, ModelRef, Resolution, parse_model_ref
 from app.serving import service
 from app.serving.cache import LoadedModel
@@ -97,7 +97,6 @@ async def _resolve(serving: Serving, ref: ModelRef) -> Resolution:
 
 
 def _answer(
-    *,
     model: LoadedModel,
     resolution: Resolution | None,
     inputs: list[list[float]],
@@ -137,16 +136,8 @@ async def _serve(
     else:
         assert run_id is not None
         model = await _run_model(serving, run_id)
-    return await _maybe_offload(
-        big,
-        lambda: _answer(
-            model=model,
-            resolution=resolution,
-            inputs=inputs,
-            max_rows=serving.settings.limits.max_predict_rows,
-            as_csv=as_csv,
-        ),
-    )
+    max_rows = serving.settings.limits.max_predict_rows
+    return await _maybe_offload(big, _answer, model, resolution, inputs, max_rows, as_csv)
 
 
 def _is_csv(request: Request) -> bool:
@@ -164,14 +155,31 @@ async def _serve_rows(
 
 
 @router.post(
+    "/predict",
+    response_model=PredictResponse,
+    openapi_extra=_request_body(PredictRequest, csv=False),
+)
+async def predict(request: Request) -> Response:
+    """Predict with the run or registered model (`name@alias`, `name:3`) named in the body."""
+    serving = serving_state(request)
+    body = await request.body()
+    big = len(body) > serving.settings.predict_inline_max_bytes
+    parsed = await _maybe_offload(big, _parse_json, body, PredictRequest)
+    ref = None if parsed.model is None else parse_model_ref(parsed.model)
+    return await _serve(
+        serving, run_id=parsed.run_id, ref=ref, inputs=parsed.inputs, big=big, as_csv=False
+    )
+
+
+@router.post(
     "/runs/{run_id}/predict",
     response_model=PredictResponse,
     responses=CSV_RESPONSE,
     openapi_extra=_request_body(PredictInputs, csv=True),
 )
-async def predict_run(run_id: int, request: Request, serving: ServingDep) -> Response:
+async def predict_run(run_id: int, request: Request) -> Response:
     """Predict with a run's weights; JSON rows, or `text/csv` in and out."""
-    return await _serve_rows(request, serving, run_id=run_id, ref=None)
+    return await _serve_rows(request, serving_state(request), run_id=run_id, ref=None)
 
 
 @router.post(
@@ -183,7 +191,6 @@ async def predict_run(run_id: int, request: Request, serving: ServingDep) -> Res
 async def predict_model(
     name: str,
     request: Request,
-    serving: ServingDep,
     version: Annotated[int | None, Query(ge=1, description="A version number.")] = None,
     alias: Annotated[
         str | None, Query(pattern=f"^{ALIAS_PATTERN}$", description="An alias, e.g. production.")
@@ -201,20 +208,4 @@ async def predict_model(
             ]
         )
     ref = ModelRef(name=name, version=version, alias=alias)
-    return await _serve_rows(request, serving, run_id=None, ref=ref)
-
-
-@router.post(
-    "/predict",
-    response_model=PredictResponse,
-    openapi_extra=_request_body(PredictRequest, csv=False),
-)
-async def predict(request: Request, serving: ServingDep) -> Response:
-    """Predict with the run or registered model (`name@alias`, `name:3`) named in the body."""
-    body = await request.body()
-    big = len(body) > serving.settings.predict_inline_max_bytes
-    parsed = await _maybe_offload(big, _parse_json, body, PredictRequest)
-    ref = None if parsed.model is None else parse_model_ref(parsed.model)
-    return await _serve(
-        serving, run_id=parsed.run_id, ref=ref, inputs=parsed.inputs, big=big, as_csv=False
-    )
+    return await _serve_rows(request, serving_state(request), run_id=None, ref=ref)

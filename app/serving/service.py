@@ -60,6 +60,7 @@ def load_model(*, session: Session, run_id: int, device: str) -> LoadedModel:
         module=import_weights(row.data, device=device),
         architecture=read_architecture(row.data),
         size_bytes=len(row.data),
+        device=device,
     )
 
 
@@ -91,9 +92,8 @@ def predict(*, model: LoadedModel, inputs: list[list[float]], max_rows: int) -> 
             raise InputShapeError(
                 f"inputs row {index} has {len(row)} values; the model takes {expected} features"
             )
-    device = next(model.module.parameters()).device
     with torch.inference_mode():
-        outputs = model.module(torch.tensor(inputs, dtype=torch.float32, device=device))
+        outputs = model.module(torch.tensor(inputs, dtype=torch.float32, device=model.device))
         classes = model.architecture.classes
         if classes is None:
             return Prediction(predictions=outputs.tolist())
