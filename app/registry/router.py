@@ -8,6 +8,7 @@ from sqlalchemy.orm import Session
 from app.dependencies import NameCacheDep, ReadSessionDep, SessionDep
 from app.registry import service
 from app.registry.schemas import (
+    ALIAS_PATTERN,
     AliasRead,
     AliasRequest,
     ModelRead,
@@ -15,7 +16,6 @@ from app.registry.schemas import (
     RegisterRequest,
     VersionRead,
 )
-from app.registry.service import ALIAS_PATTERN
 from app.serving.cache import NameCache
 
 router = APIRouter(prefix="/models", tags=["registry"])
@@ -52,13 +52,13 @@ def register(
 @router.get("")
 def list_models(session: ReadSessionDep) -> list[ModelSummary]:
     """Every model by name, with its latest version and aliases."""
-    return [ModelSummary.model_validate(info) for info in service.list_models(session=session)]
+    return service.list_models(session=session)
 
 
 @router.get("/{name}")
 def get_model(name: str, session: ReadSessionDep) -> ModelRead:
     """A model's versions with their source runs and metrics, and its aliases."""
-    return ModelRead.model_validate(service.describe_model(session=session, name=name))
+    return service.describe_model(session=session, name=name)
 
 
 @router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT)

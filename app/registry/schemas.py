@@ -5,7 +5,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.registry.service import NAME_PATTERN
+NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}"
+ALIAS_PATTERN = r"[A-Za-z][A-Za-z0-9_-]{0,63}"
+MODEL_REF_PATTERN = rf"^{NAME_PATTERN}(@{ALIAS_PATTERN}|:[1-9][0-9]{{0,8}})?$"
 
 
 class RegisterRequest(BaseModel):
@@ -42,8 +44,6 @@ class VersionRead(BaseModel):
 class VersionDetail(BaseModel):
     """A version with its source run's task and final metrics, and its aliases."""
 
-    model_config = ConfigDict(from_attributes=True)
-
     version: int
     run_id: int
     weights_sha256: str
@@ -55,8 +55,6 @@ class VersionDetail(BaseModel):
 
 class ModelSummary(BaseModel):
     """A model's name, latest version and aliases."""
-
-    model_config = ConfigDict(from_attributes=True)
 
     name: str
     created_at: datetime

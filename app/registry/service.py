@@ -5,22 +5,17 @@ the same transaction, so API processes polling it drop what they cached.
 """
 
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any
+from dataclasses import dataclass
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.registry.models import ModelAlias, ModelVersion, RegisteredModel, RegistryState
+from app.registry.schemas import NAME_PATTERN, ModelRead, ModelSummary, VersionDetail
 from app.runs.models import Run, RunStatus, Weights
 from app.runs.service import RunNotFoundError, RunStateError
 
-NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}"
-ALIAS_PATTERN = r"[A-Za-z][A-Za-z0-9_-]{0,63}"
-MODEL_REF_PATTERN = rf"^{NAME_PATTERN}(@{ALIAS_PATTERN}|:[1-9][0-9]{{0,8}})?$"
 _MODEL_REF = re.compile(rf"^(?P<name>{NAME_PATTERN})(@(?P<alias>.+)|:(?P<version>\d+))?$")
 # A bare name already means the latest version; an alias of that name would be ambiguous.
 RESERVED_ALIASES = frozenset({"latest"})
@@ -95,30 +90,6 @@ class Resolution:
     weights_sha256: str
 
 
-@dataclass(frozen=True)
-class VersionInfo:
-    """A version with its source run's task and final metrics."""
-
-    version: int
-    run_id: int
-    weights_sha256: str
-    created_at: datetime
-    task: str
-    metrics: dict[str, Any] | None
-    aliases: list[str] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """A model with its versions (oldest first) and aliases."""
-
-    name: str
-    created_at: datetime
-    latest_version: int | None
-    aliases: dict[str, int]
-    versions: list[VersionInfo] = field(default_factory=list)
-
-
 def current_generation(*, session: Session) -> int:
     """The registry generation now."""
     return session.scalars(select(RegistryState.generation).where(RegistryState.id == 1)).one()
@@ -181,7 +152,7 @@ def register_version(*, session: Session, name: str, run_id: int) -> ModelVersio
     return version
 
 
-def _versions(session: Session, model: RegisteredModel) -> list[VersionInfo]:
+def _versions(session: Session, model: RegisteredModel) -> list[VersionDetail]:
     aliases: dict[int, list[str]] = {}
     for alias, version_id in session.execute(
         select(ModelAlias.alias, ModelAlias.version_id)
@@ -196,7 +167,7 @@ def _versions(session: Session, model: RegisteredModel) -> list[VersionInfo]:
         .order_by(ModelVersion.version)
     )
     return [
-        VersionInfo(
+        VersionDetail(
             version=version.version,
             run_id=version.run_id,
             weights_sha256=version.weights_sha256,
@@ -209,11 +180,11 @@ def _versions(session: Session, model: RegisteredModel) -> list[VersionInfo]:
     ]
 
 
-def describe_model(*, session: Session, name: str) -> ModelInfo:
+def describe_model(*, session: Session, name: str) -> ModelRead:
     """A model with every version, its source run's metrics, and its aliases."""
     model = _model(session, name)
     versions = _versions(session, model)
-    return ModelInfo(
+    return ModelRead(
         name=model.name,
         created_at=model.created_at,
         latest_version=versions[-1].version if versions else None,
@@ -222,7 +193,7 @@ def describe_model(*, session: Session, name: str) -> ModelInfo:
     )
 
 
-def list_models(*, session: Session) -> Sequence[ModelInfo]:
+def list_models(*, session: Session) -> list[ModelSummary]:
     """Every model by name, with its latest version and aliases (versions left out)."""
     models = session.scalars(select(RegisteredModel).order_by(RegisteredModel.name)).all()
     latest: dict[int, int] = {
@@ -241,7 +212,7 @@ def list_models(*, session: Session) -> Sequence[ModelInfo]:
     ):
         aliases.setdefault(model_id, {})[alias] = version
     return [
-        ModelInfo(
+        ModelSummary(
             name=model.name,
             created_at=model.created_at,
             latest_version=latest.get(model.id),

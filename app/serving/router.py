@@ -16,7 +16,8 @@ from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from app.dependencies import serving_state
-from app.registry.service import ALIAS_PATTERN, ModelRef, Resolution, parse_model_ref
+from app.registry.schemas import ALIAS_PATTERN
+from app.registry.service import ModelRef, Resolution, parse_model_ref
 from app.serving import service
 from app.serving.cache import LoadedModel
 from app.serving.schemas import PredictInputs, PredictRequest, PredictResponse

@@ -4,7 +4,7 @@ from typing import Annotated, Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from app.registry.service import MODEL_REF_PATTERN
+from app.registry.schemas import MODEL_REF_PATTERN
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 
