@@ -37,9 +37,15 @@ class BodySizeLimitMiddleware:
             await self.app(scope, receive, send)
             return
         max_bytes = self._limit(scope["path"])
-        declared = dict(scope["headers"]).get(b"content-length")
+        headers = dict(scope["headers"])
+        declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > max_bytes:
             await _refuse(send, max_bytes)
+            return
+        if declared is not None and b"transfer-encoding" not in headers:
+            # The server frames the body by Content-Length: it cannot grow past the
+            # declared size, so only streamed bodies need counting (and the call is cheaper).
+            await self.app(scope, receive, send)
             return
         received = 0
         response_started = False

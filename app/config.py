@@ -61,6 +61,23 @@ class Settings(BaseSettings):
     model_cache_entries: int = 256
     model_cache_bytes: int = 1024 * 1024 * 1024
     predict_device: str = "cpu"
+    predict_inline_max_bytes: int = Field(
+        default=32 * 1024,
+        ge=0,
+        description="Predict bodies larger than this (about 150 rows of 20 features) are "
+        "parsed and run in the thread pool so they do not hold up small requests.",
+    )
+    registry_poll_seconds: float = Field(
+        default=0.1,
+        gt=0,
+        description="How often each API process reads the registry generation.",
+    )
+    registry_max_staleness_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        description="A name resolution not confirmed current for this long is read again "
+        "from the database: the bound on how stale `name@alias` can be in any process.",
+    )
 
     limits: Limits = Field(default_factory=Limits)
 

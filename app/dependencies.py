@@ -10,7 +10,8 @@ from fastapi import Depends, Request
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
-from app.serving.cache import ModelCache
+from app.serving.cache import ModelCache, NameCache
+from app.serving.service import Serving
 
 
 async def get_settings(request: Request) -> Settings:
@@ -40,6 +41,20 @@ async def get_model_cache(request: Request) -> ModelCache:
     return request.app.state.model_cache
 
 
+async def get_name_cache(request: Request) -> NameCache:
+    """The process's cache of resolved model names."""
+    return request.app.state.serving.names
+
+
+def serving_state(request: Request) -> Serving:
+    """Caches, read sessions and settings of the predict path.
+
+    The predict handlers call this directly rather than through `Depends`: resolving a
+    dependency costs about as much as the forward pass of a small model.
+    """
+    return request.app.state.serving
+
+
 async def get_wakeup(request: Request) -> Callable[[], None]:
     """Wakes a local idle worker after a run is queued (a no-op without a local pool)."""
     return request.app.state.wakeup
@@ -50,4 +65,5 @@ SessionDep = Annotated[Session, Depends(get_session)]
 ReadSessionDep = Annotated[Session, Depends(get_read_session)]
 ReadSessionFactoryDep = Annotated[sessionmaker[Session], Depends(get_read_session_factory)]
 ModelCacheDep = Annotated[ModelCache, Depends(get_model_cache)]
+NameCacheDep = Annotated[NameCache, Depends(get_name_cache)]
 WakeupDep = Annotated[Callable[[], None], Depends(get_wakeup)]

@@ -6,6 +6,7 @@ from fastapi.responses import JSONResponse
 
 from app.datasets.ingest import DatasetInputError
 from app.datasets.service import DatasetInUseError, DatasetNotFoundError
+from app.registry.service import RegistryNotFoundError, ReservedAliasError, RunRegisteredError
 from app.runs.service import RunNotFoundError, RunStateError, SpecLimitError
 from app.serving.service import InputShapeError
 
@@ -39,8 +40,16 @@ async def _invalid_dataset(_request: Request, error: Exception) -> JSONResponse:
 
 
 async def _bad_shape(_request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, InputShapeError)
     return JSONResponse(
-        {"detail": _detail(("body", "inputs"), str(error), "shape_mismatch")},
+        {"detail": _detail(error.loc, str(error), "shape_mismatch")},
+        status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
+    )
+
+
+async def _reserved_alias(_request: Request, error: Exception) -> JSONResponse:
+    return JSONResponse(
+        {"detail": _detail(("path", "alias"), str(error), "reserved")},
         status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
     )
 
@@ -60,6 +69,9 @@ def install_error_handlers(app: FastAPI) -> None:
     """Map domain errors to 404, 409 and 422 answers."""
     app.add_exception_handler(RunNotFoundError, _not_found)
     app.add_exception_handler(RunStateError, _conflict)
+    app.add_exception_handler(RegistryNotFoundError, _not_found)
+    app.add_exception_handler(RunRegisteredError, _conflict)
+    app.add_exception_handler(ReservedAliasError, _reserved_alias)
     app.add_exception_handler(SpecLimitError, _over_limit)
     app.add_exception_handler(InputShapeError, _bad_shape)
     app.add_exception_handler(DatasetNotFoundError, _not_found)

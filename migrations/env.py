@@ -5,6 +5,7 @@ from alembic import context
 from app.config import Settings
 from app.database import Base, make_engine
 from app.datasets import models as datasets_models  # noqa: F401  (registers the tables)
+from app.registry import models as registry_models  # noqa: F401
 from app.runs import models as runs_models  # noqa: F401
 from app.worker import models as worker_models  # noqa: F401
 

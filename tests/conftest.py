@@ -55,7 +55,13 @@ def settings(database_url: str) -> Settings:
 @pytest.fixture(autouse=True)
 def _empty_runs(settings: Settings) -> None:
     _execute(
-        settings.database_url, "DELETE FROM runs", "DELETE FROM workers", "DELETE FROM datasets"
+        settings.database_url,
+        # Registered versions hold on to their runs; the bump drops cached resolutions.
+        "DELETE FROM registered_models",
+        "UPDATE registry_state SET generation = generation + 1",
+        "DELETE FROM runs",
+        "DELETE FROM workers",
+        "DELETE FROM datasets",
     )
 
 

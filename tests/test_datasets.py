@@ -77,6 +77,16 @@ def test_iris_upload_train_and_predict_by_column_name(client: httpx.Client, work
     missing = client.post(f"/runs/{run_id}/predict", json={"records": [partial]})
     assert missing.status_code == 422
     assert "records[0] lacks column 'petal_width'" in missing.json()["detail"][0]["msg"]
+    assert missing.json()["detail"][0]["loc"] == ["body", "records", 0]
+    # A CSV header maps the columns by name, in any order.
+    names = list(reversed(SETOSA))
+    rows = [[str(record[name]) for name in names] for record in (SETOSA, VIRGINICA)]
+    csv_body = "\n".join([",".join(names), *(",".join(row) for row in rows)]) + "\n"
+    as_csv = client.post(
+        f"/runs/{run_id}/predict", content=csv_body, headers={"content-type": "text/csv"}
+    )
+    assert as_csv.status_code == 200, as_csv.text
+    assert [line.split(",")[0] for line in as_csv.text.splitlines()[1:]] == ["setosa", "virginica"]
     extra = client.post(f"/runs/{run_id}/predict", json={"records": [{**SETOSA, "colour": 1}]})
     assert extra.status_code == 422
     assert "has column 'colour', which is no feature" in extra.json()["detail"][0]["msg"]

@@ -27,6 +27,10 @@ def _assert_matches_models(url: str) -> None:
         "weights",
         "workers",
         "datasets",
+        "registered_models",
+        "model_versions",
+        "model_aliases",
+        "registry_state",
         "alembic_version",
     } <= tables
 

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Header, Query, Response, status
 
 from app.datasets.service import dataset_shape, with_dataset_task
 from app.dependencies import ModelCacheDep, ReadSessionDep, SessionDep, SettingsDep, WakeupDep
+from app.registry import service as registry
 from app.runs import service
 from app.runs.models import RunStatus
 from app.runs.schemas import EpochRead, ResumeRequest, RunPage, RunRead, WeightsRead
@@ -150,7 +151,8 @@ def resume_run(
 
 @router.delete("/{run_id}", status_code=status.HTTP_204_NO_CONTENT)
 def delete_run(run_id: int, session: SessionDep, cache: ModelCacheDep) -> None:
-    """Delete a run that is not executing, with its epochs, checkpoint and weights."""
+    """Delete a run that is not executing nor a registered model version, with its data."""
+    registry.release_run(session=session, run_id=run_id)
     service.delete_run(session=session, run_id=run_id)
     session.commit()
     cache.invalidate(run_id)

@@ -4,6 +4,8 @@ from typing import Annotated, Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from app.registry.schemas import MODEL_REF_PATTERN
+
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 
 
@@ -35,20 +37,39 @@ class PredictInputs(BaseModel):
 
 
 class PredictRequest(PredictInputs):
-    """Rows to predict with a given run's weights."""
+    """Rows to predict with a given run's weights or a registered model."""
 
     model_config = ConfigDict(
-        extra="forbid", json_schema_extra={"examples": [{"run_id": 1, "inputs": [[1.0, 1.0]]}]}
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"run_id": 1, "inputs": [[1.0, 1.0]]},
+                {"model": "house-prices@production", "inputs": [[1.0, 1.0]]},
+            ]
+        },
     )
 
-    run_id: int = Field(description="The run whose weights answer.")
+    run_id: int | None = Field(None, description="The run whose weights answer.")
+    model: str | None = Field(
+        None,
+        pattern=MODEL_REF_PATTERN,
+        description="A registered model: `name` (latest version), `name@alias` or `name:3`.",
+    )
+
+    @model_validator(mode="after")
+    def _one_target(self) -> Self:
+        if (self.run_id is None) == (self.model is None):
+            raise ValueError("give exactly one of run_id and model")
+        return self
 
 
 class PredictResponse(BaseModel):
     """Predictions, and for classification the class probabilities in `classes` order."""
 
-    run_id: int
+    run_id: int = Field(description="The run whose weights answered.")
     weights_sha256: str = Field(description="Digest of the weights that answered.")
+    model: str | None = Field(None, description="The model name, when called by name.")
+    version: int | None = Field(None, description="The version that answered, when by name.")
     predictions: list[Any] = Field(description="Values (regression) or labels (classification).")
     classes: list[Any] | None = None
     probabilities: list[list[float]] | None = None

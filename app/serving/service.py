@@ -1,17 +1,65 @@
-"""Predictions from stored weights, through the model cache."""
+"""Predictions from stored weights: loading modules, resolving names, running rows."""
+
+import csv
+import io
+import math
+import time
+from dataclasses import dataclass
 
 import torch
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
+from app.config import Settings
+from app.registry import service as registry
+from app.registry.service import ModelRef, Resolution
 from app.runs.models import Run, Weights
 from app.runs.service import RunNotFoundError, RunStateError
-from app.serving.cache import LoadedModel, ModelCache
+from app.serving.cache import LoadedModel, ModelCache, NameCache
 from app.training.artifacts import import_weights, read_architecture
+from app.training.data import Label
 
 
 class InputShapeError(ValueError):
-    """The rows do not fit the model."""
+    """The rows do not fit the model; `loc` names the part of the body at fault."""
+
+    def __init__(self, message: str, loc: tuple[str | int, ...] = ("body", "inputs")) -> None:
+        super().__init__(message)
+        self.loc = loc
+
+
+@dataclass(frozen=True)
+class Rows:
+    """Rows to predict: lists in feature order, or records keyed by feature name.
+
+    `header` names the columns of `inputs` when they came from a CSV with a header line.
+    """
+
+    inputs: list[list[float]] | None = None
+    records: list[dict[str, float]] | None = None
+    header: list[str] | None = None
+
+    def __len__(self) -> int:
+        return len(self.inputs if self.inputs is not None else self.records or [])
+
+
+@dataclass(frozen=True)
+class Serving:
+    """What the predict path needs: the process's caches, read sessions and settings."""
+
+    models: ModelCache
+    names: NameCache
+    sessions: sessionmaker[Session]
+    settings: Settings
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Model outputs for some rows: values, or labels with probabilities in `classes` order."""
+
+    predictions: list[float] | list[Label]
+    classes: list[Label] | None = None
+    probabilities: list[list[float]] | None = None
 
 
 def load_model(*, session: Session, run_id: int, device: str) -> LoadedModel:
@@ -31,16 +79,26 @@ def load_model(*, session: Session, run_id: int, device: str) -> LoadedModel:
         module=import_weights(row.data, device=device),
         architecture=read_architecture(row.data),
         size_bytes=len(row.data),
+        device=device,
     )
 
 
-def cached_model(*, cache: ModelCache, session: Session, run_id: int, device: str) -> LoadedModel:
-    """The run's model from the cache, loading it on a miss."""
-    model = cache.get(run_id)
-    if model is None:
-        model = load_model(session=session, run_id=run_id, device=device)
-        cache.put(model)
-    return model
+def resolved(*, names: NameCache, session: Session, ref: ModelRef) -> Resolution:
+    """Resolve a reference in the database and cache it at the generation read with it."""
+    read_at = time.monotonic()
+    # The generation is read first: a change committed between the two reads leaves the
+    # entry newer than its generation says, which the next poll only makes us drop.
+    generation = registry.current_generation(session=session)
+    resolution = registry.resolve(session=session, ref=ref)
+    names.put(ref, resolution, generation=generation, read_at=read_at)
+    return resolution
+
+
+def existing_run_ids(*, session: Session, run_ids: list[int]) -> set[int]:
+    """Those of the run ids whose runs still exist."""
+    if not run_ids:
+        return set()
+    return set(session.scalars(select(Run.id).where(Run.id.in_(run_ids))))
 
 
 def records_as_rows(
@@ -49,7 +107,8 @@ def records_as_rows(
     """Records keyed by feature name as rows in the model's feature order."""
     if feature_names is None:
         raise InputShapeError(
-            "this model was trained without column names; send inputs in feature order"
+            "this model was trained without column names; send inputs in feature order",
+            ("body", "records"),
         )
     expected = set(feature_names)
     for index, record in enumerate(records):
@@ -61,40 +120,92 @@ def records_as_rows(
                 else f"has column {sorted(record.keys() - expected)[0]!r}, which is no feature"
             )
             raise InputShapeError(
-                f"records[{index}] {problem}; the model takes {', '.join(feature_names)}"
+                f"records[{index}] {problem}; the model takes {', '.join(feature_names)}",
+                ("body", "records", index),
             )
     return [[record[name] for name in feature_names] for record in records]
 
 
-def predict(
-    *,
-    model: LoadedModel,
-    inputs: list[list[float]] | None = None,
-    records: list[dict[str, float]] | None = None,
-    max_rows: int,
-) -> dict[str, object]:
+def predict(*, model: LoadedModel, rows: Rows, max_rows: int) -> Prediction:
     """Run the model on rows or records; labels and probabilities for classification."""
-    expected = model.architecture.n_features
-    rows = len(inputs if inputs is not None else records or [])
-    if rows > max_rows:
-        raise InputShapeError(f"the request has {rows} rows; at most {max_rows} per call")
+    if len(rows) > max_rows:
+        raise InputShapeError(f"the request has {len(rows)} rows; at most {max_rows} per call")
+    inputs, records = rows.inputs, rows.records
+    feature_names = model.architecture.feature_names
+    if inputs is not None and rows.header is not None and feature_names is not None:
+        records = [dict(zip(rows.header, row, strict=True)) for row in inputs]
+        inputs = None
     if inputs is None:
-        inputs = records_as_rows(records or [], model.architecture.feature_names)
+        inputs = records_as_rows(records or [], feature_names)
+    expected = model.architecture.n_features
     for index, row in enumerate(inputs):
         if len(row) != expected:
             raise InputShapeError(
-                f"inputs row {index} has {len(row)} values; the model takes {expected} features"
+                f"inputs row {index} has {len(row)} values; the model takes {expected} features",
+                ("body", "inputs", index),
             )
-    device = next(model.module.parameters()).device
     with torch.inference_mode():
-        outputs = model.module(torch.tensor(inputs, dtype=torch.float32, device=device))
+        outputs = model.module(torch.tensor(inputs, dtype=torch.float32, device=model.device))
         classes = model.architecture.classes
         if classes is None:
-            return {"predictions": outputs.tolist()}
+            return Prediction(predictions=outputs.tolist())
         probabilities = torch.softmax(outputs, dim=1)
         indices = probabilities.argmax(dim=1).tolist()
-        return {
-            "predictions": [classes[i] for i in indices],
-            "classes": classes,
-            "probabilities": probabilities.tolist(),
-        }
+        return Prediction(
+            predictions=[classes[i] for i in indices],
+            classes=classes,
+            probabilities=probabilities.tolist(),
+        )
+
+
+def parse_csv(body: bytes) -> Rows:
+    """Rows of a CSV body; a first line that is not all numbers is a header.
+
+    For a model that knows its feature names, the header maps the columns, which may then
+    come in any order; otherwise the columns are taken in feature order.
+    """
+    try:
+        text = body.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise InputShapeError("the CSV body is not UTF-8") from error
+    header: list[str] | None = None
+    rows: list[list[float]] = []
+    for line, cells in enumerate(csv.reader(io.StringIO(text)), start=1):
+        if not cells:
+            continue
+        try:
+            values = [float(cell) for cell in cells]
+        except ValueError:
+            if not rows and line == 1:
+                header = [cell.strip() for cell in cells]
+                continue
+            raise InputShapeError(f"CSV line {line} has a value that is not a number") from None
+        if not all(math.isfinite(value) for value in values):
+            raise InputShapeError(f"CSV line {line} has a value that is not finite")
+        rows.append(values)
+    if not rows:
+        raise InputShapeError("the CSV body has no rows")
+    for line, row in enumerate(rows, start=2):
+        if header is not None and len(row) != len(header):
+            raise InputShapeError(
+                f"CSV line {line} has {len(row)} values but the header has {len(header)}"
+            )
+    return Rows(inputs=rows, header=header)
+
+
+def format_csv(prediction: Prediction) -> str:
+    """A header and one line per row: the prediction, then one probability column per class."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    if prediction.classes is None or prediction.probabilities is None:
+        writer.writerow(["prediction"])
+        writer.writerows([value] for value in prediction.predictions)
+    else:
+        writer.writerow(["prediction", *(f"probability_{label}" for label in prediction.classes)])
+        writer.writerows(
+            [label, *probabilities]
+            for label, probabilities in zip(
+                prediction.predictions, prediction.probabilities, strict=True
+            )
+        )
+    return out.getvalue()

@@ -1,0 +1,203 @@
+"""The predict path: cache bounds, zero queries after warm-up, two API processes, CSV, batches."""
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import httpx
+import pytest
+import torch
+from sqlalchemy import event
+
+from app.config import Settings
+from app.main import create_app
+from app.registry.service import ModelRef, Resolution
+from app.serving.cache import LoadedModel, ModelCache, NameCache
+from app.training.artifacts import Architecture
+from tests.helpers import D2L_SPEC, ApiServer, LocalWorkers, post_run, wait_for, wait_until
+
+
+def _loaded(run_id: int, size_bytes: int) -> LoadedModel:
+    architecture = Architecture("regression", 1, 1, {"type": "linear"}, False, None)
+    module = torch.nn.Linear(1, 1)
+    return LoadedModel(run_id, f"sha{run_id}", module, architecture, size_bytes, "cpu")
+
+
+def test_model_cache_is_bounded_by_entries_and_bytes():
+    cache = ModelCache(max_entries=2, max_bytes=100)
+    for run_id in (1, 2):
+        cache.put(_loaded(run_id, 10))
+    assert cache.get(1) is not None  # 2 is now the least recently used
+    cache.put(_loaded(3, 10))
+    assert sorted(cache.run_ids()) == [1, 3]
+    cache.put(_loaded(4, 95))
+    assert cache.run_ids() == [4] and cache.size_bytes == 95
+    assert cache.get(4, "other-sha") is None
+    cache.invalidate(4)
+    assert len(cache) == 0 and cache.size_bytes == 0
+
+
+def test_name_cache_trusts_only_the_newest_generation_recently_confirmed():
+    names = NameCache(max_staleness=0.2)
+    ref, old, new = (
+        ModelRef("m", alias="prod"),
+        Resolution("m", 1, 1, "a"),
+        Resolution("m", 2, 2, "b"),
+    )
+    names.put(ref, old, generation=5, read_at=time.monotonic())
+    assert names.get(ref) == old
+    names.confirm(generation=6, read_at=time.monotonic())
+    assert names.get(ref) is None
+    names.put(ref, old, generation=5, read_at=time.monotonic())  # a read that lost the race
+    assert names.get(ref) is None
+    names.put(ref, new, generation=6, read_at=time.monotonic())
+    assert names.get(ref) == new
+    time.sleep(0.25)  # no confirmation within the bound: the cache stops answering
+    assert names.get(ref) is None
+    names.confirm(generation=6, read_at=time.monotonic())
+    assert names.get(ref) == new
+    names.advance(7)
+    assert names.get(ref) is None
+
+
+def _registered(client: httpx.Client, name: str, *true_bs: float) -> list[int]:
+    run_ids = []
+    for true_b in true_bs:
+        spec = {**D2L_SPEC, "dataset": {**D2L_SPEC["dataset"], "true_b": true_b}}
+        run = wait_for(client, post_run(client, spec)["id"])
+        assert run["status"] == "succeeded", run
+        client.post("/models", json={"name": name, "run_id": run["id"]}).raise_for_status()
+        run_ids.append(run["id"])
+    return run_ids
+
+
+@contextmanager
+def _counting_statements(server: ApiServer) -> Iterator[list[str]]:
+    statements: list[str] = []
+
+    def count(_conn, _cursor, statement, *_args) -> None:
+        statements.append(statement)
+
+    engine = server.app.state.engine
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        yield statements
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+
+
+def test_no_database_io_after_warm_up(
+    client: httpx.Client, workers: LocalWorkers, settings: Settings
+):
+    workers.start()
+    (run_id,) = _registered(client, "quiet", 4.2)
+    client.put("/models/quiet/aliases/production", json={"version": 1}).raise_for_status()
+    # The watcher polls once at start and then not within this test, so every statement
+    # counted below would come from the predict path.
+    quiet = settings.model_copy(
+        update={"registry_poll_seconds": 60.0, "registry_max_staleness_seconds": 120.0}
+    )
+    bodies = [
+        ("/predict", {"run_id": run_id, "inputs": [[1, 1]]}),
+        (f"/runs/{run_id}/predict", {"inputs": [[1, 1]]}),
+        ("/predict", {"model": "quiet@production", "inputs": [[1, 1]]}),
+        ("/models/quiet/predict?alias=production", {"inputs": [[1, 1]]}),
+    ]
+    with ApiServer(create_app(quiet)) as server, httpx.Client(base_url=server.url) as http:
+        for path, body in bodies:
+            http.post(path, json=body).raise_for_status()
+        with _counting_statements(server) as statements:
+            for _ in range(50):
+                for path, body in bodies:
+                    assert http.post(path, json=body).json()["run_id"] == run_id
+        assert statements == []
+        with _counting_statements(server) as statements:
+            assert http.post("/predict", json={"model": "quiet:1", "inputs": [[1, 1]]}).is_success
+        assert statements, "a first call for a new reference reads the registry"
+
+
+def test_a_second_api_process_follows_alias_moves_and_deletions(
+    client: httpx.Client, api: ApiServer, workers: LocalWorkers, settings: Settings
+):
+    workers.start()
+    first, second = _registered(client, "shared", 4.2, 10.0)
+    client.put("/models/shared/aliases/production", json={"version": 1}).raise_for_status()
+    bound = settings.registry_max_staleness_seconds
+    with ApiServer(create_app(settings)) as other, httpx.Client(base_url=other.url) as b:
+
+        def by_alias() -> httpx.Response:
+            return b.post("/predict", json={"model": "shared@production", "inputs": [[1, 1]]})
+
+        assert by_alias().json()["version"] == 1
+        assert b.post(f"/runs/{first}/predict", json={"inputs": [[1, 1]]}).is_success
+
+        client.put("/models/shared/aliases/production", json={"version": 2}).raise_for_status()
+        moved_at = time.monotonic()
+        wait_until(lambda: by_alias().json()["version"] == 2, timeout=bound + 1)
+        assert time.monotonic() - moved_at <= bound
+        assert by_alias().json()["run_id"] == second
+
+        assert client.delete("/models/shared").status_code == 204
+        assert client.delete(f"/runs/{first}").status_code == 204
+        deleted_at = time.monotonic()
+        wait_until(
+            lambda: b.post(f"/runs/{first}/predict", json={"inputs": [[1, 1]]}).status_code == 404,
+            timeout=bound + 1,
+        )
+        assert by_alias().status_code == 404
+        assert time.monotonic() - deleted_at <= bound + 0.5
+
+
+def test_csv_in_and_out_and_a_big_batch(client: httpx.Client, workers: LocalWorkers):
+    workers.start()
+    _registered(client, "csv", 4.2)
+    csv_body = "x0,x1\n1,1\n0,0\n"
+    answer = client.post(
+        "/models/csv/predict", content=csv_body, headers={"content-type": "text/csv"}
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["content-type"].startswith("text/csv")
+    assert answer.headers["x-model"] == "csv" and answer.headers["x-model-version"] == "1"
+    lines = answer.text.splitlines()
+    assert lines[0] == "prediction" and len(lines) == 3
+    assert float(lines[1]) == pytest.approx(2.8, abs=0.05)
+    headerless = client.post(
+        "/models/csv/predict", content="1,1\n", headers={"content-type": "text/csv"}
+    )
+    assert headerless.text.splitlines()[1] == lines[1]
+    bad = client.post(
+        "/models/csv/predict", content="1,1\n1,x\n", headers={"content-type": "text/csv"}
+    )
+    assert bad.status_code == 422 and "line 2" in bad.json()["detail"][0]["msg"]
+
+    rows = [[i / 1000, 1.0] for i in range(5000)]
+    big = client.post("/models/csv/predict", json={"inputs": rows})
+    assert big.status_code == 200
+    assert len(big.json()["predictions"]) == 5000
+    assert big.json()["predictions"][0] == pytest.approx(0.8, abs=0.05)
+
+
+def test_classification_csv_has_a_probability_column_per_class(
+    client: httpx.Client, workers: LocalWorkers
+):
+    workers.start()
+    spec = {
+        "dataset": {"type": "synthetic_classification", "n_samples": 300, "n_features": 2},
+        "optimizer": {"type": "adam", "lr": 0.05},
+        "epochs": 3,
+        "batch_size": 32,
+    }
+    run = wait_for(client, post_run(client, spec)["id"])
+    answer = client.post(
+        f"/runs/{run['id']}/predict", content="0,0\n1,1\n", headers={"content-type": "text/csv"}
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["x-run-id"] == str(run["id"])
+    header, *lines = answer.text.splitlines()
+    assert header == "prediction,probability_0,probability_1,probability_2"
+    label, *probabilities = lines[0].split(",")
+    assert label in {"0", "1", "2"}
+    assert sum(map(float, probabilities)) == pytest.approx(1.0, abs=1e-5)
+    json_answer = client.post(f"/runs/{run['id']}/predict", json={"inputs": [[0, 0]]}).json()
+    assert json_answer["classes"] == [0, 1, 2]
+    assert str(json_answer["predictions"][0]) == label
