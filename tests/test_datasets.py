@@ -101,9 +101,12 @@ def test_iris_upload_train_and_predict_by_column_name(client: httpx.Client, work
     assert client.delete(f"/datasets/{dataset['id']}", params={"force": "true"}).status_code == 204
     assert client.get(f"/datasets/{dataset['id']}").status_code == 404
 
-    # A run that was accepted before the dataset went fails as invalid input.
+    # A run that was accepted before the dataset went fails as invalid input. No worker
+    # runs while it is queued, so it cannot start before the dataset is gone.
+    workers.stop_all()
     orphan = post_run(client, {**iris_spec(upload_iris(client)["id"], {"type": "linear"})})
     client.delete(f"/datasets/{orphan['spec']['dataset']['id']}", params={"force": "true"})
+    workers.start()
     failed = wait_for(client, orphan["id"])
     assert failed["status"] == "failed"
     assert failed["failure_kind"] == "invalid_input"

@@ -201,3 +201,32 @@ def test_classification_csv_has_a_probability_column_per_class(
     json_answer = client.post(f"/runs/{run['id']}/predict", json={"inputs": [[0, 0]]}).json()
     assert json_answer["classes"] == [0, 1, 2]
     assert str(json_answer["predictions"][0]) == label
+
+
+def test_warm_answers_match_the_apps_and_errors_still_come_from_the_app(
+    client: httpx.Client, workers: LocalWorkers, api: ApiServer
+):
+    # The first call loads the model through the app; later ones are answered by the
+    # ASGI fast path from the cache. Both must say the same, and a bad warm request must
+    # still get the app's own error.
+    workers.start()
+    run = wait_for(client, post_run(client, D2L_SPEC)["id"])
+    body = {"run_id": run["id"], "inputs": [[1, 1], [0, 2]]}
+    cold = client.post("/predict", json=body)
+    assert api.app.state.serving.models.get(run["id"]) is not None
+    warm = client.post("/predict", json=body)
+    assert cold.status_code == warm.status_code == 200
+    assert warm.json() == cold.json()
+    assert warm.headers["content-type"] == "application/json"
+    by_path = client.post(f"/runs/{run['id']}/predict", json={"inputs": body["inputs"]})
+    assert by_path.json() == cold.json()
+
+    wrong = client.post("/predict", json={"run_id": run["id"], "inputs": [[1, 1, 1]]})
+    assert wrong.status_code == 422
+    assert wrong.json()["detail"][0]["loc"] == ["body", "inputs", 0]
+    unknown = client.post("/predict", json={"run_id": run["id"] + 1000, "inputs": [[1, 1]]})
+    assert unknown.status_code == 404
+    malformed = client.post(
+        "/predict", content=b'{"run_id": 1', headers={"content-type": "application/json"}
+    )
+    assert malformed.status_code == 422

@@ -6,7 +6,6 @@ answer comes from the caches without a thread hop or any database I/O. Bodies ov
 does not hold up small requests.
 """
 
-import json
 from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
@@ -111,15 +110,9 @@ def _answer(
         if resolution is not None:
             headers |= {"X-Model": resolution.name, "X-Model-Version": str(resolution.version)}
         return Response(service.format_csv(prediction), media_type="text/csv", headers=headers)
-    answer: dict[str, Any] = {"run_id": model.run_id, "weights_sha256": model.sha256}
-    if resolution is not None:
-        answer |= {"model": resolution.name, "version": resolution.version}
-    answer["predictions"] = prediction.predictions
-    if prediction.classes is not None:
-        answer |= {"classes": prediction.classes, "probabilities": prediction.probabilities}
-    # Serialised here rather than through the response model: the values are plain
-    # floats and labels, and skipping the re-validation is most of a small call's cost.
-    return Response(json.dumps(answer, separators=(",", ":")), media_type="application/json")
+    return Response(
+        service.answer_json(model, resolution, prediction), media_type="application/json"
+    )
 
 
 async def _serve(

@@ -2,9 +2,11 @@
 
 import csv
 import io
+import json
 import math
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from sqlalchemy import select
@@ -156,6 +158,19 @@ def predict(*, model: LoadedModel, rows: Rows, max_rows: int) -> Prediction:
             classes=classes,
             probabilities=probabilities.tolist(),
         )
+
+
+def answer_json(model: LoadedModel, resolution: Resolution | None, prediction: Prediction) -> bytes:
+    """The JSON answer: what answered (run, weights, and model version by name), then outputs."""
+    answer: dict[str, Any] = {"run_id": model.run_id, "weights_sha256": model.sha256}
+    if resolution is not None:
+        answer |= {"model": resolution.name, "version": resolution.version}
+    answer["predictions"] = prediction.predictions
+    if prediction.classes is not None:
+        answer |= {"classes": prediction.classes, "probabilities": prediction.probabilities}
+    # Serialised here rather than through a response model: the values are plain floats
+    # and labels, and skipping the re-validation is most of a small call's cost.
+    return json.dumps(answer, separators=(",", ":")).encode()
 
 
 def parse_csv(body: bytes) -> Rows:
