@@ -4,8 +4,9 @@ import logging
 import multiprocessing
 import socket
 import threading
+import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.context import SpawnProcess
 from typing import Any
 
@@ -45,11 +46,29 @@ def run_worker(settings: Settings, worker_id: str, device: str, semaphore: Any =
         worker.run()
 
 
+HEALTHY_LIFETIME_SECONDS = 60.0
+MAX_RESTART_DELAY_SECONDS = 30.0
+
+
+def restart_delay(quick_deaths: int) -> float:
+    """Seconds to wait before replacing a worker after this many deaths in a row, each quick.
+
+    The first is replaced at once (a killed worker); a worker that keeps dying soon after
+    it starts (a broken device or install) is retried ever more slowly, not in a hot loop.
+    """
+    if quick_deaths <= 1:
+        return 0.0
+    return min(MAX_RESTART_DELAY_SECONDS, 2.0 ** (quick_deaths - 2))
+
+
 @dataclass
 class _Slot:
     device: str
     worker_id: str
     process: SpawnProcess
+    started_at: float = field(default_factory=time.monotonic)
+    quick_deaths: int = 0
+    restart_at: float | None = None
 
 
 class WorkerPool:
@@ -66,7 +85,7 @@ class WorkerPool:
         """Start one worker per device slot."""
         self.slots = [self._spawn(device) for device in self.devices]
 
-    def _spawn(self, device: str) -> _Slot:
+    def _spawn(self, device: str, quick_deaths: int = 0) -> _Slot:
         worker_id = new_worker_id(device)
         process = SPAWN.Process(
             target=run_worker,
@@ -75,18 +94,28 @@ class WorkerPool:
         )
         process.start()
         logger.info("started worker %s (pid %s)", worker_id, process.pid)
-        return _Slot(device=device, worker_id=worker_id, process=process)
+        return _Slot(device=device, worker_id=worker_id, process=process, quick_deaths=quick_deaths)
 
     def replace_dead(self) -> None:
-        """Release the runs of workers that died and start replacements."""
+        """Release the runs of workers that died and start replacements (backing off)."""
+        now = time.monotonic()
         for index, slot in enumerate(self.slots):
             if slot.process.is_alive() or self._stopping.is_set():
                 continue
-            logger.warning(
-                "worker %s exited with %s; replacing it", slot.worker_id, slot.process.exitcode
-            )
-            self._release(slot.worker_id)
-            self.slots[index] = self._spawn(slot.device)
+            if slot.restart_at is None:
+                self._release(slot.worker_id)
+                quick = now - slot.started_at < HEALTHY_LIFETIME_SECONDS
+                slot.quick_deaths = slot.quick_deaths + 1 if quick else 1
+                delay = restart_delay(slot.quick_deaths)
+                slot.restart_at = now + delay
+                logger.warning(
+                    "worker %s exited with %s; replacing it in %.0f s",
+                    slot.worker_id,
+                    slot.process.exitcode,
+                    delay,
+                )
+            if now >= slot.restart_at:
+                self.slots[index] = self._spawn(slot.device, quick_deaths=slot.quick_deaths)
 
     def _release(self, worker_id: str) -> None:
         engine = make_engine(self.settings.database_url)
