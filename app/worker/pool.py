@@ -6,9 +6,12 @@ import socket
 import threading
 import time
 import uuid
+from contextlib import suppress
 from dataclasses import dataclass, field
 from multiprocessing.context import SpawnProcess
 from typing import Any
+
+from sqlalchemy.exc import DBAPIError
 
 from app.config import Settings
 from app.database import make_engine, make_session_factory, unit_of_work
@@ -51,11 +54,9 @@ MAX_RESTART_DELAY_SECONDS = 30.0
 
 
 def restart_delay(quick_deaths: int) -> float:
-    """Seconds to wait before replacing a worker after this many deaths in a row, each quick.
-
-    The first is replaced at once (a killed worker); a worker that keeps dying soon after
-    it starts (a broken device or install) is retried ever more slowly, not in a hot loop.
-    """
+    """Seconds to wait before replacing a worker after this many quick deaths in a row."""
+    # The first is replaced at once (a killed worker); one that keeps dying soon after it
+    # starts (a broken device or install) is retried ever more slowly, not in a hot loop.
     if quick_deaths <= 1:
         return 0.0
     return min(MAX_RESTART_DELAY_SECONDS, 2.0 ** (quick_deaths - 2))
@@ -119,8 +120,9 @@ class WorkerPool:
 
     def _release(self, worker_id: str) -> None:
         engine = make_engine(self.settings.database_url)
+        # Without the database the dead worker's lease simply runs out and is reaped later.
         try:
-            with unit_of_work(make_session_factory(engine)) as session:
+            with suppress(DBAPIError), unit_of_work(make_session_factory(engine)) as session:
                 queue.expire_leases_of(session=session, worker_id=worker_id)
                 queue.reap_expired(session=session)
                 queue.unregister_worker(session=session, worker_id=worker_id)

@@ -303,13 +303,15 @@ def register_worker(*, session: Session, record: WorkerRecord) -> None:
     session.merge(record)
 
 
-def worker_heartbeat(*, session: Session, worker_id: str, current_run_id: int | None) -> None:
-    """Mark the worker alive and say what it runs."""
-    session.execute(
+def worker_heartbeat(*, session: Session, worker_id: str, current_run_id: int | None) -> bool:
+    """Mark the worker alive and say what it runs; False if its row is gone (re-register)."""
+    # A worker retired while it could not reach the database is alive again once it can.
+    result = session.execute(
         update(WorkerRecord)
         .where(WorkerRecord.id == worker_id)
-        .values(heartbeat_at=utcnow(), current_run_id=current_run_id)
+        .values(heartbeat_at=utcnow(), current_run_id=current_run_id, stopped_at=None)
     )
+    return result.rowcount == 1
 
 
 def unregister_worker(*, session: Session, worker_id: str) -> None:

@@ -16,11 +16,17 @@ from typing import Any
 import torch
 from pydantic import ValidationError
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from app.config import Settings
-from app.database import make_engine, make_session_factory, unit_of_work, utcnow
+from app.database import (
+    make_engine,
+    make_session_factory,
+    read_only_engine,
+    unit_of_work,
+    utcnow,
+)
 from app.datasets.service import load_table
 from app.runs.models import FailureKind, RunStatus
 from app.training.artifacts import export_weights
@@ -80,6 +86,7 @@ class Worker:
         self.settings = settings
         self.engine = make_engine(settings.database_url)
         self.sessions = make_session_factory(self.engine)
+        self.read_sessions = make_session_factory(read_only_engine(self.engine))
         self.stop_requested = threading.Event()
         self._wake = threading.Event()
         self._idle = threading.Event()
@@ -122,7 +129,7 @@ class Worker:
                     if not registered:
                         self._register()
                         registered = True
-                    self._maintain_queue()
+                    registered = self._maintain_queue()
                     claim = self._claim()
                 except DBAPIError:
                     # An unreachable database is waited out, not a reason to exit.
@@ -150,7 +157,7 @@ class Worker:
             execution = RunExecution(self, claim)
         except ValidationError as error:
             # A stored spec that no longer validates would fail on every attempt.
-            with suppress(queue.FencedError), unit_of_work(self.sessions) as session:
+            with suppress(queue.FencedError, DBAPIError), unit_of_work(self.sessions) as session:
                 queue.finish(
                     session=session,
                     run_id=claim.run_id,
@@ -176,9 +183,10 @@ class Worker:
         with unit_of_work(self.sessions) as session:
             queue.register_worker(session=session, record=record)
 
-    def _maintain_queue(self) -> None:
+    def _maintain_queue(self) -> bool:
+        """Heartbeat, reap and retire; False when this worker's row is gone."""
         with unit_of_work(self.sessions) as session:
-            queue.worker_heartbeat(
+            registered = queue.worker_heartbeat(
                 session=session, worker_id=self.settings.worker_id, current_run_id=None
             )
             queue.reap_expired(session=session)
@@ -188,6 +196,7 @@ class Worker:
                 session=session,
                 live_devices=queue.live_worker_devices(session=session, since=since),
             )
+        return registered
 
     def _claim(self) -> queue.Claim | None:
         with unit_of_work(self.sessions) as session:
@@ -282,7 +291,8 @@ class RunExecution:
     def _execute(self) -> None:
         try:
             device = self._torch_device()
-            with unit_of_work(self.worker.sessions) as session:
+            # Decoding a stored dataset can take a while: not under SQLite's write lock.
+            with unit_of_work(self.worker.read_sessions) as session:
                 table = load_table(
                     session=session, dataset=self.spec.dataset, task=self.spec.task or "regression"
                 )
@@ -290,10 +300,11 @@ class RunExecution:
         except (ValueError, RuntimeError) as error:
             self._finish(RunStatus.FAILED, FailureKind.INVALID_INPUT, str(error))
             return
-        with unit_of_work(self.worker.sessions) as session:
+        with unit_of_work(self.worker.read_sessions) as session:
             checkpoint = queue.load_checkpoint(session=session, run_id=self.claim.run_id)
-            if checkpoint is not None:
-                trainer.restore(checkpoint)
+        if checkpoint is not None:
+            trainer.restore(checkpoint)
+        with unit_of_work(self.worker.sessions) as session:
             queue.begin_attempt(
                 session=session,
                 run_id=self.claim.run_id,
@@ -363,7 +374,7 @@ class RunExecution:
             try:
                 if not self._fenced_write(self._renew_lease):
                     return
-            except DBAPIError:
+            except SQLAlchemyError:
                 logger.warning("heartbeat for run %s failed; retrying", self.claim.run_id)
 
     def _renew_lease(self, session: Session) -> str:
