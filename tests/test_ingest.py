@@ -146,3 +146,30 @@ def test_json_columns_and_records():
         records_to_columns([{"a": 1, "b": 2}, {"a": 3}])
     with pytest.raises(DatasetInputError, match="row 2 has an extra key 'c'"):
         records_to_columns([{"a": 1}, {"a": 3, "c": 4}])
+
+
+@pytest.mark.parametrize(
+    ("data", "fragment"),
+    [
+        (b"a,y\n1,2020-01-01\n2,2020-01-02\n", "is of type date32"),
+        (b"a,y\n1,1.5\n2,inf\n", "row 2: the value is not finite"),
+    ],
+    ids=["date-target", "infinite-target"],
+)
+def test_targets_that_are_not_numbers_or_labels_are_refused(data: bytes, fragment: str):
+    assert fragment in refused(data, target="y")
+
+
+@pytest.mark.parametrize(
+    ("columns", "fragment"),
+    [
+        ({"x": [1.0, 2.0, 3.0], "y": [1, True, 2]}, "column 'y' cannot be stored"),
+        ({"x": [1.0, 2.0, 10**400], "y": [1.0, 2.0, 3.0]}, "column 'x' cannot be stored"),
+        ({"x": [1.0, 2.0], "y": [{"a": 1}, {"a": 2}]}, "is of type struct"),
+    ],
+    ids=["bool-and-int-target", "huge-feature", "struct-target"],
+)
+def test_json_columns_arrow_cannot_hold_are_refused(columns: dict, fragment: str):
+    with pytest.raises(DatasetInputError) as error:
+        ingest_columns(columns, options=IngestOptions(target="y"), limits=LIMITS)
+    assert fragment in str(error.value)

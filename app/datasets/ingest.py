@@ -106,12 +106,10 @@ def ingest_columns(
             arrays[name] = _json_target(name, values)
             continue
         for index, value in enumerate(values):
-            if value is not None and (
-                isinstance(value, bool) or not isinstance(value, int | float)
-            ):
+            if value is not None and not _is_json_number(value):
                 raise _not_a_number(name, index, value, loc=("body", "columns", name))
         # from_pandas: a NaN is a missing value here, as in CSV and Parquet.
-        arrays[name] = pa.array(values, type=FEATURE_TYPE, from_pandas=True)
+        arrays[name] = _arrow_array(name, values, type=FEATURE_TYPE, from_pandas=True)
     return _finish(pa.table(arrays), "json", options, limits)
 
 
@@ -157,7 +155,16 @@ def _json_target(name: str, values: list[Any]) -> pa.Array:
             f"target column {name!r} mixes strings and numbers (row {index + 1}); "
             "use one kind of label",
         )
-    return pa.array(values)
+    return _arrow_array(name, values)
+
+
+def _arrow_array(name: str, values: list[Any], **options: Any) -> pa.Array:
+    try:
+        return pa.array(values, **options)
+    except (pa.ArrowException, OverflowError) as error:
+        raise DatasetInputError(
+            ("body", "columns", name), f"column {name!r} cannot be stored: {error}"
+        ) from None
 
 
 def _selected(names: list[str], options: IngestOptions) -> list[str]:
@@ -363,6 +370,18 @@ def _finish(raw: pa.Table, format: str, options: IngestOptions, limits: Limits) 
         raise _too_many_rows(raw.num_rows, limits)
     features = raw.column_names[:-1]
     target = raw.column(options.target)
+    if not _is_label_type(target.type):
+        raise DatasetInputError(
+            ("target",),
+            f"target {options.target!r} is of type {target.type}; use numbers or text labels",
+        )
+    if pa.types.is_floating(target.type):
+        infinite = _first_true(pc.is_inf(target))
+        if infinite >= 0:
+            raise DatasetInputError(
+                ("target",),
+                f"target {options.target!r}, row {infinite + 1}: the value is not finite",
+            )
     for name in features:
         infinite = _first_true(pc.is_inf(raw.column(name)))
         if infinite >= 0:
@@ -401,6 +420,15 @@ def _finish(raw: pa.Table, format: str, options: IngestOptions, limits: Limits) 
             {name: _shortest(value) if name in features else value for name, value in row.items()}
             for row in table.slice(0, PREVIEW_ROWS).to_pylist()
         ],
+    )
+
+
+def _is_label_type(kind: pa.DataType) -> bool:
+    return (
+        _is_numeric(kind)
+        or pa.types.is_boolean(kind)
+        or pa.types.is_string(kind)
+        or pa.types.is_large_string(kind)
     )
 
 

@@ -111,21 +111,25 @@ def _answer(session: Session, dataset: Dataset, created: bool, response: Respons
     },
 )
 async def upload_dataset(
-    request: Request, response: Response, session: SessionDep, settings: SettingsDep
+    request: Request,
+    response: Response,
+    session: SessionDep,
+    reader: ReadSessionDep,
+    settings: SettingsDep,
 ) -> DatasetRead:
-    """Upload a CSV or Parquet file, or JSON records or columns.
-
-    The file goes in the multipart field `file` with the options as fields, or is the whole
-    body (any other content type, e.g. text/csv) with the options as query parameters.
-    """
+    """Upload a CSV or Parquet file (multipart, or the whole body), or JSON records or columns."""
+    # Multipart carries the options as fields; a raw body (e.g. text/csv) as query parameters.
     content_type = request.headers.get("content-type", "")
     limits = settings.limits
     if content_type.startswith("application/json"):
-        body = _validated(DatasetJSON, await _capped_body(request, settings.max_body_bytes))
+        raw = await _capped_body(request, settings.max_body_bytes)
 
         def store_json() -> DatasetRead:
+            # Validating up to max_body_bytes of JSON would stall the event loop.
+            body = _validated(DatasetJSON, raw)
             dataset, created = service.store_json(
                 session=session,
+                reader=reader,
                 name=body.name or "upload",
                 options=_ingest_options(body),
                 records=body.records,
@@ -142,18 +146,21 @@ async def upload_dataset(
             # Writes land in the page cache, so they barely hold up the event loop.
             async for chunk in request.stream():
                 spool.write(chunk)
-            return await _store_file(session, response, spool, options.name, options, limits)
+            return await _store_file(
+                session, reader, response, spool, options.name, options, limits
+            )
     async with request.form(max_files=1, max_fields=32) as form:
         upload = form.get("file")
         if not isinstance(upload, UploadFile):
             raise DatasetInputError(("body", "file"), "the multipart field `file` is missing")
         options = _form_options(form)
         name = options.name or upload.filename
-        return await _store_file(session, response, upload.file, name, options, limits)
+        return await _store_file(session, reader, response, upload.file, name, options, limits)
 
 
 async def _store_file(
     session: Session,
+    reader: Session,
     response: Response,
     stream: BinaryIO,
     name: str | None,
@@ -163,6 +170,7 @@ async def _store_file(
     def store() -> DatasetRead:
         dataset, created = service.store_file(
             session=session,
+            reader=reader,
             stream=stream,
             name=name or "upload",
             options=_ingest_options(options),
@@ -179,10 +187,16 @@ async def _store_file(
     responses={200: {"description": "The built-in dataset was already stored"}},
 )
 def store_builtin(
-    name: str, response: Response, session: SessionDep, settings: SettingsDep
+    name: str,
+    response: Response,
+    session: SessionDep,
+    reader: ReadSessionDep,
+    settings: SettingsDep,
 ) -> DatasetRead:
     """Store a dataset shipped with fitserve (see `GET /datasets?builtin=true`)."""
-    dataset, created = service.store_builtin(session=session, name=name, limits=settings.limits)
+    dataset, created = service.store_builtin(
+        session=session, reader=reader, name=name, limits=settings.limits
+    )
     return _answer(session, dataset, created, response)
 
 

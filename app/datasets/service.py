@@ -79,15 +79,20 @@ def _fingerprint(sha256: str, options: IngestOptions) -> str:
 def _store_once(
     session: Session,
     *,
+    reader: Session,
     sha256: str,
     size_bytes: int,
     name: str,
     options: IngestOptions,
     ingest: Callable[[], Ingested],
 ) -> tuple[Dataset, bool]:
-    """The dataset for these bytes and options: found again, or ingested and added now."""
+    """The dataset for these bytes and options: found again, or ingested and added now.
+
+    The lookup goes through `reader`, so the write transaction, which holds SQLite's write
+    lock, starts only at the insert, after the long parse.
+    """
     fingerprint = _fingerprint(sha256, options)
-    existing = _by_fingerprint(session, fingerprint)
+    existing = _by_fingerprint(reader, fingerprint)
     if existing is not None:
         return existing, False
     ingested = ingest()
@@ -124,12 +129,19 @@ def _by_fingerprint(session: Session, fingerprint: str) -> Dataset | None:
 
 
 def store_file(
-    *, session: Session, stream: BinaryIO, name: str, options: IngestOptions, limits: Limits
+    *,
+    session: Session,
+    reader: Session,
+    stream: BinaryIO,
+    name: str,
+    options: IngestOptions,
+    limits: Limits,
 ) -> tuple[Dataset, bool]:
     """Store an uploaded CSV or Parquet file; returns the dataset and whether it is new."""
     size_bytes = stream.seek(0, 2)
     return _store_once(
         session,
+        reader=reader,
         sha256=sha256_of(stream),
         size_bytes=size_bytes,
         name=name,
@@ -141,6 +153,7 @@ def store_file(
 def store_json(
     *,
     session: Session,
+    reader: Session,
     name: str,
     options: IngestOptions,
     records: list[dict[str, Any]] | None,
@@ -152,6 +165,7 @@ def store_json(
     canonical = json.dumps(data, separators=(",", ":")).encode()
     return _store_once(
         session,
+        reader=reader,
         sha256=hashlib.sha256(canonical).hexdigest(),
         size_bytes=len(canonical),
         name=name,
@@ -160,7 +174,9 @@ def store_json(
     )
 
 
-def store_builtin(*, session: Session, name: str, limits: Limits) -> tuple[Dataset, bool]:
+def store_builtin(
+    *, session: Session, reader: Session, name: str, limits: Limits
+) -> tuple[Dataset, bool]:
     """Store a built-in dataset by name (a no-op returning it when already stored)."""
     builtin = BUILTINS.get(name)
     if builtin is None:
@@ -171,6 +187,7 @@ def store_builtin(*, session: Session, name: str, limits: Limits) -> tuple[Datas
     with source.open("rb") as stream:
         return store_file(
             session=session,
+            reader=reader,
             stream=stream,
             name=name,
             options=IngestOptions(target=builtin.target, task=builtin.task),
@@ -281,10 +298,7 @@ def load_table(*, session: Session, dataset: DatasetSpec, task: Task) -> Table:
     stored = session.get(Dataset, dataset.id, options=[undefer(Dataset.data)])
     if stored is None:
         raise ValueError(f"dataset {dataset.id} no longer exists")
-    try:
-        features = _check_ref(stored, dataset, task)
-    except DatasetInputError as error:
-        raise ValueError(str(error)) from None
+    features = _check_ref(stored, dataset, task)  # a DatasetInputError is a ValueError
     table = from_ipc(stored.data)
     matrix = np.column_stack([table.column(name).to_numpy() for name in features])
     target = table.column(stored.target)
