@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 from typing import Annotated
 
 from fastapi import Depends, Request
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.serving.cache import ModelCache, NameCache
@@ -25,11 +25,6 @@ def get_session(request: Request) -> Iterator[Session]:
         yield session
 
 
-async def get_read_session_factory(request: Request) -> sessionmaker[Session]:
-    """The read-session factory, for handlers that only touch the database on a cache miss."""
-    return request.app.state.read_sessions
-
-
 def get_read_session(request: Request) -> Iterator[Session]:
     """A session for reads, which on SQLite never waits behind writers."""
     with request.app.state.read_sessions() as session:
@@ -38,7 +33,7 @@ def get_read_session(request: Request) -> Iterator[Session]:
 
 async def get_model_cache(request: Request) -> ModelCache:
     """The process's model cache."""
-    return request.app.state.model_cache
+    return request.app.state.serving.models
 
 
 async def get_name_cache(request: Request) -> NameCache:
@@ -47,11 +42,9 @@ async def get_name_cache(request: Request) -> NameCache:
 
 
 def serving_state(request: Request) -> Serving:
-    """Caches, read sessions and settings of the predict path.
-
-    The predict handlers call this directly rather than through `Depends`: resolving a
-    dependency costs about as much as the forward pass of a small model.
-    """
+    """Caches, read sessions and settings of the predict path."""
+    # Called directly rather than through `Depends`: resolving a dependency costs about as
+    # much as the forward pass of a small model.
     return request.app.state.serving
 
 
@@ -63,7 +56,6 @@ async def get_wakeup(request: Request) -> Callable[[], None]:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionDep = Annotated[Session, Depends(get_session)]
 ReadSessionDep = Annotated[Session, Depends(get_read_session)]
-ReadSessionFactoryDep = Annotated[sessionmaker[Session], Depends(get_read_session_factory)]
 ModelCacheDep = Annotated[ModelCache, Depends(get_model_cache)]
 NameCacheDep = Annotated[NameCache, Depends(get_name_cache)]
 WakeupDep = Annotated[Callable[[], None], Depends(get_wakeup)]

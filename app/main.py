@@ -56,11 +56,10 @@ def create_app(
     app.state.engine = engine
     app.state.sessions = make_session_factory(engine)
     app.state.read_sessions = make_session_factory(read_only_engine(engine))
-    app.state.model_cache = ModelCache(
-        max_entries=settings.model_cache_entries, max_bytes=settings.model_cache_bytes
-    )
     app.state.serving = Serving(
-        models=app.state.model_cache,
+        models=ModelCache(
+            max_entries=settings.model_cache_entries, max_bytes=settings.model_cache_bytes
+        ),
         names=NameCache(max_staleness=settings.registry_max_staleness_seconds),
         sessions=app.state.read_sessions,
         settings=settings,

@@ -26,15 +26,21 @@ def _loaded(run_id: int, size_bytes: int) -> LoadedModel:
 def test_model_cache_is_bounded_by_entries_and_bytes():
     cache = ModelCache(max_entries=2, max_bytes=100)
     for run_id in (1, 2):
-        cache.put(_loaded(run_id, 10))
+        cache.put(_loaded(run_id, 10), generation=0)
     assert cache.get(1) is not None  # 2 is now the least recently used
-    cache.put(_loaded(3, 10))
+    cache.put(_loaded(3, 10), generation=0)
     assert sorted(cache.run_ids()) == [1, 3]
-    cache.put(_loaded(4, 95))
+    cache.put(_loaded(4, 95), generation=0)
     assert cache.run_ids() == [4] and cache.size_bytes == 95
     assert cache.get(4, "other-sha") is None
     cache.invalidate(4)
     assert len(cache) == 0 and cache.size_bytes == 0
+    # A model read before a registry change that the cache already saw is not kept.
+    cache.advance(7)
+    cache.put(_loaded(5, 10), generation=6)
+    assert cache.get(5) is None
+    cache.put(_loaded(5, 10), generation=7)
+    assert cache.get(5) is not None
 
 
 def test_name_cache_trusts_only_the_newest_generation_recently_confirmed():

@@ -71,7 +71,7 @@ class ModelRef:
         return self.name if self.version is None else f"{self.name}:{self.version}"
 
 
-def parse_model_ref(text: str) -> ModelRef:
+def parse_model_ref(*, text: str) -> ModelRef:
     """`name`, `name@alias` or `name:3` as a ModelRef (the text is already validated)."""
     match = _MODEL_REF.match(text)
     if match is None:

@@ -14,6 +14,7 @@ from app.runs.models import Epoch, Run, RunStatus, Weights
 from app.training.data import label_order
 from app.training.modules import count_parameters
 from app.training.spec import (
+    DatasetRef,
     InlineDataset,
     MLPModel,
     RunSpec,
@@ -65,10 +66,10 @@ def check_limits(
     chaos_enabled: bool,
     dataset_shape: tuple[int, int, int] | None = None,
 ) -> None:
-    """Refuse a spec that asks for more than the server allows, naming the field.
-
-    `dataset_shape` gives rows, features and outputs of a stored dataset (read by the caller).
-    """
+    """Refuse a spec that asks for more than the server allows, naming the field."""
+    # A stored dataset's rows, features and outputs come from the caller, who read them.
+    if dataset_shape is None and isinstance(spec.dataset, DatasetRef):
+        raise TypeError("check_limits needs dataset_shape for a stored dataset")
     rows, features, outputs = dataset_shape or _dataset_shape(spec)
     rows_field = {"inline": "features", "dataset": "id"}.get(spec.dataset.type, "n_samples")
     checks: list[tuple[bool, tuple[str | int, ...], str]] = [

@@ -36,6 +36,7 @@ class ModelCache:
         self.max_bytes = max_bytes
         self._entries: OrderedDict[int, LoadedModel] = OrderedDict()
         self._bytes = 0
+        self._generation = 0
         self._lock = threading.Lock()
 
     def get(self, run_id: int, sha256: str | None = None) -> LoadedModel | None:
@@ -47,9 +48,18 @@ class ModelCache:
             self._entries.move_to_end(run_id)
             return model
 
-    def put(self, model: LoadedModel) -> None:
-        """Cache a model, evicting the least recently used beyond the bounds."""
+    def advance(self, generation: int) -> None:
+        """Note a registry generation; models read at an older one are no longer cached."""
         with self._lock:
+            self._generation = max(self._generation, generation)
+
+    def put(self, model: LoadedModel, *, generation: int) -> None:
+        """Cache a model read at `generation`, evicting the least recently used beyond bounds."""
+        with self._lock:
+            if generation < self._generation:
+                # Runs may have been deleted since the read; the watcher's sweep of deleted
+                # runs has already passed, so this entry would never be dropped.
+                return
             self._drop(model.run_id)
             self._entries[model.run_id] = model
             self._bytes += model.size_bytes

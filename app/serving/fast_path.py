@@ -72,7 +72,7 @@ class PredictFastPath:
             if run_id is None:
                 request = PredictRequest.model_validate_json(body)
                 if request.model is not None:
-                    resolution = self.serving.names.get(parse_model_ref(request.model))
+                    resolution = self.serving.names.get(parse_model_ref(text=request.model))
                     if resolution is None:
                         return None
                 rows = Rows(inputs=request.inputs, records=request.records)
@@ -90,7 +90,7 @@ class PredictFastPath:
             )
         except InputShapeError:
             return None
-        return answer_json(model, resolution, prediction)
+        return answer_json(model=model, resolution=resolution, prediction=prediction)
 
     def _model(self, resolution: Resolution | None, run_id: int | None) -> LoadedModel | None:
         if resolution is not None:

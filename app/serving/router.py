@@ -64,7 +64,7 @@ def _parse_json(body: bytes, schema: type[Body]) -> Body:
 
 def _parse_rows(body: bytes, as_csv: bool) -> Rows:
     if as_csv:
-        return service.parse_csv(body)
+        return service.parse_csv(body=body)
     parsed = _parse_json(body, PredictInputs)
     return Rows(inputs=parsed.inputs, records=parsed.records)
 
@@ -73,15 +73,7 @@ async def _run_model(serving: Serving, run_id: int, sha256: str | None = None) -
     model = serving.models.get(run_id, sha256)
     if model is None:
         # Only a cache miss touches the database, off the event loop.
-        def load() -> LoadedModel:
-            with serving.sessions() as session:
-                loaded = service.load_model(
-                    session=session, run_id=run_id, device=serving.settings.predict_device
-                )
-            serving.models.put(loaded)
-            return loaded
-
-        model = await run_in_threadpool(load)
+        model = await run_in_threadpool(lambda: service.cache_model(serving=serving, run_id=run_id))
     return model
 
 
@@ -109,9 +101,12 @@ def _answer(
         headers = {"X-Run-Id": str(model.run_id), "X-Weights-SHA256": model.sha256}
         if resolution is not None:
             headers |= {"X-Model": resolution.name, "X-Model-Version": str(resolution.version)}
-        return Response(service.format_csv(prediction), media_type="text/csv", headers=headers)
+        return Response(
+            service.format_csv(prediction=prediction), media_type="text/csv", headers=headers
+        )
     return Response(
-        service.answer_json(model, resolution, prediction), media_type="application/json"
+        service.answer_json(model=model, resolution=resolution, prediction=prediction),
+        media_type="application/json",
     )
 
 
@@ -160,7 +155,7 @@ async def predict(request: Request) -> Response:
     body = await request.body()
     big = len(body) > serving.settings.predict_inline_max_bytes
     parsed = await _maybe_offload(big, _parse_json, body, PredictRequest)
-    ref = None if parsed.model is None else parse_model_ref(parsed.model)
+    ref = None if parsed.model is None else parse_model_ref(text=parsed.model)
     rows = Rows(inputs=parsed.inputs, records=parsed.records)
     return await _serve(serving, run_id=parsed.run_id, ref=ref, rows=rows, big=big, as_csv=False)
 

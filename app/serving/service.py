@@ -85,6 +85,16 @@ def load_model(*, session: Session, run_id: int, device: str) -> LoadedModel:
     )
 
 
+def cache_model(*, serving: Serving, run_id: int) -> LoadedModel:
+    """Load a run's model from the database into the cache (the cold path)."""
+    with serving.sessions() as session:
+        # Read before the weights, so a deletion in between shows as a newer generation.
+        generation = registry.current_generation(session=session)
+        model = load_model(session=session, run_id=run_id, device=serving.settings.predict_device)
+    serving.models.put(model, generation=generation)
+    return model
+
+
 def resolved(*, names: NameCache, session: Session, ref: ModelRef) -> Resolution:
     """Resolve a reference in the database and cache it at the generation read with it."""
     read_at = time.monotonic()
@@ -104,7 +114,7 @@ def existing_run_ids(*, session: Session, run_ids: list[int]) -> set[int]:
 
 
 def records_as_rows(
-    records: list[dict[str, float]], feature_names: list[str] | None
+    *, records: list[dict[str, float]], feature_names: list[str] | None
 ) -> list[list[float]]:
     """Records keyed by feature name as rows in the model's feature order."""
     if feature_names is None:
@@ -138,7 +148,7 @@ def predict(*, model: LoadedModel, rows: Rows, max_rows: int) -> Prediction:
         records = [dict(zip(rows.header, row, strict=True)) for row in inputs]
         inputs = None
     if inputs is None:
-        inputs = records_as_rows(records or [], feature_names)
+        inputs = records_as_rows(records=records or [], feature_names=feature_names)
     expected = model.architecture.n_features
     for index, row in enumerate(inputs):
         if len(row) != expected:
@@ -173,12 +183,10 @@ def answer_json(model: LoadedModel, resolution: Resolution | None, prediction: P
     return json.dumps(answer, separators=(",", ":")).encode()
 
 
-def parse_csv(body: bytes) -> Rows:
-    """Rows of a CSV body; a first line that is not all numbers is a header.
-
-    For a model that knows its feature names, the header maps the columns, which may then
-    come in any order; otherwise the columns are taken in feature order.
-    """
+def parse_csv(*, body: bytes) -> Rows:
+    """Rows of a CSV body; a first line that is not all numbers is a header."""
+    # For a model that knows its feature names the header maps the columns (any order);
+    # otherwise the columns are taken in feature order.
     try:
         text = body.decode("utf-8-sig")
     except UnicodeDecodeError as error:
@@ -208,7 +216,7 @@ def parse_csv(body: bytes) -> Rows:
     return Rows(inputs=rows, header=header)
 
 
-def format_csv(prediction: Prediction) -> str:
+def format_csv(*, prediction: Prediction) -> str:
     """A header and one line per row: the prediction, then one probability column per class."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")

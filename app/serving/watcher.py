@@ -50,6 +50,9 @@ class RegistryWatcher:
         read_at = time.monotonic()
         with self._sessions() as session:
             generation = registry.current_generation(session=session)
+            # Advance before the sweep: a load read at an older generation either is cached
+            # already, and swept, or is refused when it arrives.
+            self._models.advance(generation)
             if generation != self._seen_generation:
                 cached = self._models.run_ids()
                 alive = service.existing_run_ids(session=session, run_ids=cached)
