@@ -139,6 +139,17 @@ def test_list_runs_is_paginated_newest_first_and_filters_by_status(client: httpx
     assert [run["id"] for run in cancelled["items"]] == [ids[0]]
 
 
+def test_listing_leaves_inline_rows_out_and_the_run_keeps_them(client: httpx.Client):
+    features = [[float(i), float(i) * 2] for i in range(50)]
+    dataset = {"type": "inline", "features": features, "targets": [float(i) for i in range(50)]}
+    run = post_run(client, {**D2L_SPEC, "dataset": dataset})
+    listed = client.get("/runs").json()["items"][0]
+    assert listed["spec"]["dataset"]["n_rows"] == 50
+    assert listed["spec"]["dataset"]["n_features"] == 2
+    assert "features" not in listed["spec"]["dataset"]
+    assert client.get(f"/runs/{run['id']}").json()["spec"]["dataset"]["features"] == features
+
+
 def test_cancel_and_delete_a_queued_run(client: httpx.Client):
     run = post_run(client, D2L_SPEC)
     cancelled = client.post(f"/runs/{run['id']}/cancel").json()

@@ -64,7 +64,7 @@ def list_runs(
         str | None, Query(pattern=r"^\d+$", description="next_cursor of a page")
     ] = None,
 ) -> RunPage:
-    """Runs, newest first, one page at a time."""
+    """Runs, newest first, one page at a time (inline dataset rows left out)."""
     runs, next_id = service.list_runs(
         session=session,
         status=status_filter,
@@ -72,7 +72,12 @@ def list_runs(
         before_id=int(cursor) if cursor else None,
     )
     return RunPage(
-        items=[RunRead.model_validate(run) for run in runs],
+        items=[
+            RunRead.model_validate(run).model_copy(
+                update={"spec": service.listing_spec(spec=run.spec)}
+            )
+            for run in runs
+        ],
         next_cursor=str(next_id) if next_id is not None else None,
     )
 

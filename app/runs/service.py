@@ -195,6 +195,21 @@ def list_runs(
     )
 
 
+def listing_spec(*, spec: dict[str, Any]) -> dict[str, Any]:
+    """The spec as a listing shows it: an inline dataset's rows replaced by their shape."""
+    dataset = spec.get("dataset", {})
+    if dataset.get("type") != "inline":
+        return spec
+    # A page of runs could otherwise carry many inline uploads in full.
+    summary = {
+        "type": "inline",
+        "n_rows": len(dataset["features"]),
+        "n_features": len(dataset["features"][0]),
+        "rows_omitted": "GET /runs/{id} has them",
+    }
+    return {**spec, "dataset": summary}
+
+
 def list_epochs(*, session: Session, run_id: int) -> Sequence[Epoch]:
     """The run's finished epochs in order."""
     get_run(session=session, run_id=run_id)
