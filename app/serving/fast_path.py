@@ -75,10 +75,9 @@ class PredictFastPath:
                     resolution = self.serving.names.get(parse_model_ref(text=request.model))
                     if resolution is None:
                         return None
-                rows = Rows(inputs=request.inputs, records=request.records)
+                rows = Rows.of(request)
             else:
-                inputs = PredictInputs.model_validate_json(body)
-                rows = Rows(inputs=inputs.inputs, records=inputs.records)
+                rows = Rows.of(PredictInputs.model_validate_json(body))
         except (ValidationError, ValueError):
             return None
         model = self._model(resolution, run_id if run_id is not None else request.run_id)

@@ -66,7 +66,7 @@ def _parse_rows(body: bytes, as_csv: bool) -> Rows:
     if as_csv:
         return service.parse_csv(body=body)
     parsed = _parse_json(body, PredictInputs)
-    return Rows(inputs=parsed.inputs, records=parsed.records)
+    return Rows.of(parsed)
 
 
 async def _run_model(serving: Serving, run_id: int, sha256: str | None = None) -> LoadedModel:
@@ -156,7 +156,7 @@ async def predict(request: Request) -> Response:
     big = len(body) > serving.settings.predict_inline_max_bytes
     parsed = await _maybe_offload(big, _parse_json, body, PredictRequest)
     ref = None if parsed.model is None else parse_model_ref(text=parsed.model)
-    rows = Rows(inputs=parsed.inputs, records=parsed.records)
+    rows = Rows.of(parsed)
     return await _serve(serving, run_id=parsed.run_id, ref=ref, rows=rows, big=big, as_csv=False)
 
 

@@ -18,6 +18,7 @@ from app.registry.service import ModelRef, Resolution
 from app.runs.models import Run, Weights
 from app.runs.service import RunNotFoundError, RunStateError
 from app.serving.cache import LoadedModel, ModelCache, NameCache
+from app.serving.schemas import PredictInputs
 from app.training.artifacts import import_weights, read_architecture
 from app.training.data import Label
 
@@ -40,6 +41,11 @@ class Rows:
     inputs: list[list[float]] | None = None
     records: list[dict[str, float]] | None = None
     header: list[str] | None = None
+
+    @classmethod
+    def of(cls, body: PredictInputs) -> "Rows":
+        """The rows of a parsed JSON body."""
+        return cls(inputs=body.inputs, records=body.records)
 
     def __len__(self) -> int:
         return len(self.inputs if self.inputs is not None else self.records or [])
