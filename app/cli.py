@@ -1,4 +1,4 @@
-"""The `fitserve` command: serve, api, worker, db upgrade."""
+"""The `fitserve` command: serve, api, worker, db upgrade and downgrade."""
 
 import argparse
 import logging
@@ -15,15 +15,27 @@ logger = logging.getLogger("fitserve")
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 
 
-def upgrade_database(settings: Settings, revision: str = "head") -> None:
-    """Apply the Alembic migrations to the configured database."""
-    from alembic import command
+def _alembic_config(settings: Settings) -> Any:
     from alembic.config import Config
 
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     config.attributes["database_url"] = settings.database_url
-    command.upgrade(config, revision)
+    return config
+
+
+def upgrade_database(settings: Settings, revision: str = "head") -> None:
+    """Apply the Alembic migrations to the configured database."""
+    from alembic import command
+
+    command.upgrade(_alembic_config(settings), revision)
+
+
+def downgrade_database(settings: Settings, revision: str) -> None:
+    """Undo the Alembic migrations down to `revision` (`base`: an empty schema)."""
+    from alembic import command
+
+    command.downgrade(_alembic_config(settings), revision)
 
 
 def run_api(settings: Settings, semaphore: Any = None) -> None:
@@ -96,14 +108,19 @@ def main(argv: list[str] | None = None) -> int:
         "--devices", help="comma-separated device slots (default: FITSERVE_DEVICES)"
     )
     db = commands.add_parser("db", help="database schema")
-    db.add_argument("action", choices=["upgrade"])
-    db.add_argument("revision", nargs="?", default="head")
+    db.add_argument("action", choices=["upgrade", "downgrade"])
+    db.add_argument("revision", nargs="?", help="target revision (upgrade: head by default)")
     args = parser.parse_args(argv)
 
     configure_logging()
     settings = Settings()
     if args.command == "db":
-        upgrade_database(settings, args.revision)
+        if args.action == "upgrade":
+            upgrade_database(settings, args.revision or "head")
+        elif args.revision is None:
+            parser.error("db downgrade needs a revision, e.g. 0003 or base")
+        else:
+            downgrade_database(settings, args.revision)
         return 0
     if args.command == "worker" and args.devices:
         settings = settings.model_copy(update={"devices": Settings(devices=args.devices).devices})

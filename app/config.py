@@ -23,6 +23,21 @@ class Limits(BaseModel):
     max_dataset_columns: int = 1_000
 
 
+class RunFaults(BaseModel):
+    """Faults a worker injects into one run, for fitserve's own reliability tests."""
+
+    kill_at_epoch: int | None = Field(None, ge=1, description="SIGKILL halfway through it.")
+    kill_on_attempts: int = Field(1, ge=0, description="Kill only on the first N attempts.")
+    stall_heartbeat_on_attempts: int = Field(
+        0, ge=0, description="Stop renewing the lease on the first N attempts."
+    )
+    epoch_sleep_seconds: float = Field(0.0, ge=0, le=60, description="Linger after each epoch.")
+    out_of_memory_at_epoch: int | None = Field(
+        None, ge=1, description="Raise torch's out-of-memory error in this epoch."
+    )
+    out_of_memory_on_attempts: int = Field(1, ge=0, description="Only on the first N attempts.")
+
+
 class Settings(BaseSettings):
     """fitserve's configuration, read once at start-up and passed to whoever needs it."""
 
@@ -48,9 +63,10 @@ class Settings(BaseSettings):
     poll_seconds: float = Field(default=2.0, gt=0)
     shutdown_grace_seconds: float = Field(default=20.0, gt=0)
     default_max_attempts: int = Field(default=3, ge=1)
-    chaos_enabled: bool = Field(
-        default=False,
-        description="Honour the run spec's `chaos` fault-injection field (tests only).",
+    test_faults: dict[int, RunFaults] = Field(
+        default_factory=dict,
+        description="Faults workers inject, by run id (FITSERVE_TEST_FAULTS as JSON): a hook "
+        "for fitserve's own tests, never part of the API; leave unset in production.",
     )
 
     max_body_bytes: int = 64 * 1024 * 1024

@@ -2,6 +2,7 @@
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -96,6 +97,29 @@ def read_only_engine(engine: Engine) -> Engine:
     if engine.dialect.name != "sqlite":
         return engine
     return engine.execution_options(sqlite_begin="DEFERRED")
+
+
+@dataclass(frozen=True)
+class Database:
+    """One engine with its two session factories: for writes, and for reads that never queue."""
+
+    engine: Engine
+    sessions: sessionmaker[Session]
+    read_sessions: sessionmaker[Session]
+
+    @classmethod
+    def connect(cls, database_url: str) -> "Database":
+        """Open an engine for the URL and make both factories on it."""
+        engine = make_engine(database_url)
+        return cls(
+            engine=engine,
+            sessions=make_session_factory(engine),
+            read_sessions=make_session_factory(read_only_engine(engine)),
+        )
+
+    def dispose(self) -> None:
+        """Close every pooled connection."""
+        self.engine.dispose()
 
 
 @contextmanager

@@ -8,10 +8,14 @@ from fastapi import FastAPI
 
 from app.body_limit import BodySizeLimitMiddleware
 from app.config import Settings
-from app.database import make_engine, make_session_factory, read_only_engine
+from app.database import Database
 from app.datasets.router import router as datasets_router
-from app.errors import install_error_handlers
+from app.error_handlers import install_error_handlers
+from app.registry import service as registry_service
+from app.registry.flows import RegistryEvents
 from app.registry.router import router as registry_router
+from app.runs import service as runs_service
+from app.runs.flows import RunEvents
 from app.runs.router import router as runs_router
 from app.serving.cache import ModelCache, NameCache
 from app.serving.fast_path import PredictFastPath
@@ -50,27 +54,36 @@ def create_app(
 ) -> FastAPI:
     """Build the API around one engine, its caches and the given settings."""
     settings = settings or Settings()
-    engine = make_engine(settings.database_url)
+    database = Database.connect(settings.database_url)
     app = FastAPI(title="fitserve", version="0.1.0", description=DESCRIPTION, lifespan=_lifespan)
     app.state.settings = settings
-    app.state.engine = engine
-    app.state.sessions = make_session_factory(engine)
-    app.state.read_sessions = make_session_factory(read_only_engine(engine))
-    app.state.serving = Serving(
+    app.state.database = database
+    serving = Serving(
         models=ModelCache(
             max_entries=settings.model_cache_entries, max_bytes=settings.model_cache_bytes
         ),
         names=NameCache(max_staleness=settings.registry_max_staleness_seconds),
-        sessions=app.state.read_sessions,
+        sessions=database.read_sessions,
         settings=settings,
     )
+    app.state.serving = serving
     app.state.registry_watcher = RegistryWatcher(
-        sessions=app.state.read_sessions,
-        models=app.state.serving.models,
-        names=app.state.serving.names,
+        sessions=database.read_sessions,
+        models=serving.models,
+        names=serving.names,
         interval=settings.registry_poll_seconds,
     )
-    app.state.wakeup = wakeup or _no_wakeup
+    # The packages react to each other only through these, so none imports another upward:
+    # a deleted run is refused while registered and then leaves the model cache; a
+    # registry change empties this process's name cache at once; a queued run wakes a
+    # local worker (other workers hear PostgreSQL's NOTIFY, or poll).
+    app.state.run_events = RunEvents(
+        queued=wakeup or _no_wakeup,
+        deleting=registry_service.release_run,
+        deleted=serving.models.invalidate,
+    )
+    app.state.registry_events = RegistryEvents(changed=serving.names.advance)
+    app.state.dataset_users = runs_service.runs_using_dataset
     app.add_middleware(
         BodySizeLimitMiddleware,
         max_bytes=settings.max_body_bytes,

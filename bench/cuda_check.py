@@ -20,7 +20,7 @@ import torch
 
 from app.training.data import materialize
 from app.training.engine import Trainer, estimation_error, warm_up
-from app.training.spec import RunSpec
+from app.training.spec import RunRequest, resolve_spec
 
 SPEC = {
     "dataset": {"type": "synthetic_linear", "n_samples": 1000, "true_w": [2, -3.4], "true_b": 4.2},
@@ -42,7 +42,7 @@ class Quiet:
 
 
 def engine_on(device: str) -> dict:
-    spec = RunSpec.model_validate(SPEC)
+    spec = resolve_spec(RunRequest.model_validate(SPEC))
     warm_up(torch.device(device))
     started = time.perf_counter()
     trainer = Trainer(

@@ -16,6 +16,11 @@ def run_migrations_online() -> None:
     url = config.attributes.get("database_url") or Settings().database_url
     engine = make_engine(url)
     with engine.connect() as connection:
+        if connection.dialect.name == "sqlite":
+            # SQLite alters a table by copying it and dropping the old one; with foreign keys
+            # enforced, that drop would cascade into every table that refers to it. The pragma
+            # only takes effect outside a transaction, hence the driver connection.
+            connection.connection.driver_connection.execute("PRAGMA foreign_keys=OFF")
         context.configure(
             connection=connection,
             target_metadata=Base.metadata,

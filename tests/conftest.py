@@ -40,7 +40,7 @@ def database_url(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 @pytest.fixture(scope="session")
 def settings(database_url: str) -> Settings:
-    """Settings tuned for tests: short leases and polls, fault injection on."""
+    """Settings tuned for tests: short leases and polls."""
     return Settings(
         database_url=database_url,
         devices=["cpu"],
@@ -48,7 +48,6 @@ def settings(database_url: str) -> Settings:
         heartbeat_seconds=0.25,
         poll_seconds=0.25,
         shutdown_grace_seconds=15.0,
-        chaos_enabled=True,
     )
 
 

@@ -13,7 +13,7 @@ import httpx
 import uvicorn
 from fastapi import FastAPI
 
-from app.config import Settings
+from app.config import RunFaults, Settings
 from app.worker.pool import SPAWN, new_worker_id, run_worker
 
 FINAL = {"succeeded", "failed", "cancelled"}
@@ -70,7 +70,7 @@ class ApiServer:
         self._server.should_exit = True
         self._thread.join(10)
         self._socket.close()
-        self.app.state.engine.dispose()
+        self.app.state.database.dispose()
 
 
 @dataclass
@@ -98,8 +98,14 @@ class LocalWorkers:
         self.semaphore = semaphore
         self.handles: list[WorkerHandle] = []
 
-    def start(self, device: str = "cpu", **overrides: Any) -> WorkerHandle:
-        """Start a worker; overrides change its settings."""
+    def start(
+        self, device: str = "cpu", faults: dict[int, dict[str, Any]] | None = None, **overrides: Any
+    ) -> WorkerHandle:
+        """Start a worker; `faults` by run id are injected, overrides change its settings."""
+        if faults:
+            overrides["test_faults"] = {
+                run_id: RunFaults.model_validate(fault) for run_id, fault in faults.items()
+            }
         settings = self.settings.model_copy(update=overrides)
         worker_id = new_worker_id(device)
         process = SPAWN.Process(

@@ -6,7 +6,7 @@ import torch
 from app.training.artifacts import export_weights, import_weights, read_architecture
 from app.training.data import materialize
 from app.training.engine import EpochReport, Trainer, estimation_error
-from app.training.spec import RunSpec
+from app.training.spec import RunRequest, resolve_spec
 from tests.helpers import D2L_SPEC, long_spec
 
 
@@ -29,7 +29,7 @@ class Recorder:
 
 
 def trainer_for(body: dict) -> Trainer:
-    spec = RunSpec.model_validate(body)
+    spec = resolve_spec(RunRequest.model_validate(body))
     return Trainer(
         spec=spec, table=materialize(spec.dataset, spec.task), device=torch.device("cpu")
     )

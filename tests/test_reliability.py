@@ -1,9 +1,11 @@
 """Crashes, stale workers, shutdowns and contention, with real processes and a real database.
 
-Faults are injected deterministically: the spec's `chaos` field makes a worker SIGKILL
-itself halfway through a given epoch, stop renewing its lease, or linger after each epoch.
+Faults are injected deterministically through the workers' test hook (FITSERVE_TEST_FAULTS,
+by run id): a worker SIGKILLs itself halfway through a given epoch, stops renewing its
+lease, runs out of memory, or lingers after each epoch.
 """
 
+import json
 import os
 import signal
 import subprocess
@@ -16,6 +18,7 @@ import pytest
 
 from app.config import Settings
 from app.database import make_engine, make_session_factory, unit_of_work
+from app.runs import records
 from app.training.engine import EpochReport
 from app.worker import queue
 from tests.helpers import D2L_SPEC, LocalWorkers, long_spec, post_run, wait_for, wait_until
@@ -36,7 +39,9 @@ class WorkerCommand:
         self.settings = settings
         self.processes: list[subprocess.Popen[bytes]] = []
 
-    def start(self, slots: int = 1) -> subprocess.Popen[bytes]:
+    def start(
+        self, slots: int = 1, faults: dict[int, dict] | None = None
+    ) -> subprocess.Popen[bytes]:
         env = {
             **os.environ,
             "FITSERVE_DATABASE_URL": self.settings.database_url,
@@ -45,6 +50,7 @@ class WorkerCommand:
             "FITSERVE_HEARTBEAT_SECONDS": str(self.settings.heartbeat_seconds),
             "FITSERVE_POLL_SECONDS": str(self.settings.poll_seconds),
             "FITSERVE_LOG_LEVEL": "WARNING",
+            "FITSERVE_TEST_FAULTS": json.dumps(faults or {}),
         }
         fitserve = Path(sys.executable).with_name("fitserve")
         process = subprocess.Popen([str(fitserve), "worker"], env=env)
@@ -80,8 +86,8 @@ def test_kill_9_mid_epoch_resumes_from_the_checkpoint_with_identical_weights(
     client: httpx.Client, workers: LocalWorkers
 ):
     reference = post_run(client, long_spec(epochs=4))
-    crashing = post_run(client, long_spec(epochs=4, chaos={"kill_at_epoch": 3}))
-    first = workers.start()
+    crashing = post_run(client, long_spec(epochs=4))
+    first = workers.start(faults={crashing["id"]: {"kill_at_epoch": 3}})
     wait_for(client, reference["id"])
     wait_until(lambda: first.process.exitcode is not None, message="worker killed itself")
     assert first.process.exitcode == -signal.SIGKILL
@@ -103,11 +109,11 @@ def test_stale_worker_is_fenced_and_cannot_change_the_run(
     # Attempt 1 stops renewing its lease but lives on, lingering 2.5 s after each epoch:
     # its lease (3 s) runs out, a second worker takes the run, and the first one's next
     # epoch write is refused.
-    spec = long_spec(epochs=3, chaos={"stall_heartbeat_on_attempts": 1, "epoch_sleep_seconds": 2.5})
-    run = post_run(client, spec)
-    stale = workers.start()
+    run = post_run(client, long_spec(epochs=3))
+    faults = {run["id"]: {"stall_heartbeat_on_attempts": 1, "epoch_sleep_seconds": 2.5}}
+    stale = workers.start(faults=faults)
     wait_until(lambda: client.get(f"/runs/{run['id']}").json()["attempt"] == 1)
-    workers.start()
+    workers.start(faults=faults)
     finished = wait_for(client, run["id"], timeout=60)
     assert finished["status"] == "succeeded", finished
     assert finished["attempt"] == 2
@@ -118,11 +124,11 @@ def test_stale_worker_is_fenced_and_cannot_change_the_run(
     # The stale attempt's writes are refused outright, and the run is unchanged.
     engine = make_engine(settings.database_url)
     report = EpochReport(epoch=3, train_loss=123.0, val_loss=None, metrics={}, seconds=0.1)
+    stale_claim = queue.Claim(run_id=run["id"], attempt=1, spec={}, epochs_total=3)
     try:
         with pytest.raises(queue.FencedError), unit_of_work(make_session_factory(engine)) as s:
-            queue.record_epoch(
-                session=s, run_id=run["id"], attempt=1, report=report, checkpoint=None
-            )
+            queue.fence(session=s, claim=stale_claim, epochs_done=3)
+            records.add_epoch(session=s, run_id=run["id"], attempt=1, report=report)
     finally:
         engine.dispose()
     assert epochs_of(client, run["id"]) == rows
@@ -132,12 +138,11 @@ def test_stale_worker_is_fenced_and_cannot_change_the_run(
 def test_poison_run_fails_as_worker_lost_and_the_others_succeed(
     client: httpx.Client, worker_command: WorkerCommand
 ):
-    poison = post_run(
-        client,
-        long_spec(epochs=2, max_attempts=2, chaos={"kill_at_epoch": 1, "kill_on_attempts": 99}),
-    )
+    poison = post_run(client, long_spec(epochs=2, max_attempts=2))
     healthy = [post_run(client, {**D2L_SPEC, "seed": seed}) for seed in range(4)]
-    worker_command.start(slots=2)
+    worker_command.start(
+        slots=2, faults={poison["id"]: {"kill_at_epoch": 1, "kill_on_attempts": 99}}
+    )
     failed = wait_for(client, poison["id"], timeout=90)
     assert failed["status"] == "failed"
     assert failed["failure_kind"] == "worker_lost"
@@ -151,8 +156,8 @@ def test_poison_run_fails_as_worker_lost_and_the_others_succeed(
 def test_sigterm_hands_the_run_back_and_a_restart_finishes_it(
     client: httpx.Client, worker_command: WorkerCommand
 ):
-    run = post_run(client, long_spec(epochs=5, chaos={"epoch_sleep_seconds": 0.4}))
-    process = worker_command.start()
+    run = post_run(client, long_spec(epochs=5))
+    process = worker_command.start(faults={run["id"]: {"epoch_sleep_seconds": 0.4}})
     wait_until(lambda: client.get(f"/runs/{run['id']}").json()["progress"]["epoch"] >= 1)
     process.send_signal(signal.SIGTERM)
     assert process.wait(20) == 0
@@ -171,8 +176,8 @@ def test_sigterm_hands_the_run_back_and_a_restart_finishes_it(
 def test_cancel_a_running_run_keeps_its_checkpoint_and_resume_continues(
     client: httpx.Client, workers: LocalWorkers
 ):
-    run = post_run(client, long_spec(epochs=3, chaos={"epoch_sleep_seconds": 0.5}))
-    workers.start()
+    run = post_run(client, long_spec(epochs=3))
+    workers.start(faults={run["id"]: {"epoch_sleep_seconds": 0.5}})
     wait_until(lambda: client.get(f"/runs/{run['id']}").json()["progress"]["epoch"] >= 1)
     assert client.post(f"/runs/{run['id']}/cancel").json()["status"] in ("cancelling", "cancelled")
     cancelled = wait_for(client, run["id"], timeout=20)
@@ -186,6 +191,29 @@ def test_cancel_a_running_run_keeps_its_checkpoint_and_resume_continues(
     assert finished["status"] == "succeeded", finished
     assert_epochs_once(client, run["id"], 4)
     assert epochs_of(client, run["id"])[0]["attempt"] == 1
+
+
+def test_out_of_memory_costs_an_attempt_and_is_never_blamed_on_the_input(
+    client: httpx.Client, workers: LocalWorkers
+):
+    recovering = post_run(client, long_spec(epochs=2))
+    exhausted = post_run(client, long_spec(epochs=2, max_attempts=2))
+    workers.start(
+        faults={
+            recovering["id"]: {"out_of_memory_at_epoch": 1},
+            exhausted["id"]: {"out_of_memory_at_epoch": 1, "out_of_memory_on_attempts": 99},
+        }
+    )
+    run = wait_for(client, recovering["id"])
+    assert run["status"] == "succeeded", run
+    assert (run["attempt"], run["lost_attempts"]) == (2, 1)
+    assert (run["failure_kind"], run["error"]) == (None, None)
+    assert_epochs_once(client, run["id"], 2)
+
+    failed = wait_for(client, exhausted["id"])
+    assert (failed["status"], failed["failure_kind"]) == ("failed", "resources"), failed
+    assert (failed["attempt"], failed["lost_attempts"]) == (2, 2)
+    assert failed["error"].startswith("OutOfMemoryError: CUDA out of memory")
 
 
 def test_divergence_and_timeout_fail_with_their_kind(client: httpx.Client, workers: LocalWorkers):

@@ -84,7 +84,7 @@ def _counting_statements(server: ApiServer) -> Iterator[list[str]]:
     def count(_conn, _cursor, statement, *_args) -> None:
         statements.append(statement)
 
-    engine = server.app.state.engine
+    engine = server.app.state.database.engine
     event.listen(engine, "before_cursor_execute", count)
     try:
         yield statements

@@ -4,22 +4,43 @@ import pytest
 from pydantic import ValidationError
 
 from app.config import Limits
-from app.runs.service import SpecLimitError, check_limits
-from app.training.spec import RunSpec
+from app.errors import InvalidInputError
+from app.runs.service import SpecLimitError, check_limits, dataset_shape
+from app.training.spec import RunRequest, RunSpec, resolve_spec
 from tests.helpers import D2L_SPEC
 
 
+def resolved(body: dict, dataset_task: str | None = None) -> RunSpec:
+    return resolve_spec(RunRequest.model_validate(body), dataset_task=dataset_task)
+
+
 def test_task_and_loss_are_inferred():
-    assert RunSpec.model_validate(D2L_SPEC | {"loss": None}).loss == "mse"
-    classification = RunSpec.model_validate({"dataset": {"type": "synthetic_classification"}})
+    assert resolved(D2L_SPEC | {"loss": None}).loss == "mse"
+    classification = resolved({"dataset": {"type": "synthetic_classification"}})
     assert (classification.task, classification.loss) == ("classification", "cross_entropy")
-    inline = RunSpec.model_validate(
+    inline = resolved(
         {
             "dataset": {"type": "inline", "features": [[1], [2]], "targets": ["a", "b"]},
             "loss": "cross_entropy",
         }
     )
     assert inline.task == "classification"
+
+
+def test_a_stored_dataset_gives_its_task_unless_the_request_names_one():
+    ref = {"dataset": {"type": "dataset", "id": 1, "target": "species"}}
+    assert (resolved(ref, "classification").task, resolved(ref, "classification").loss) == (
+        "classification",
+        "cross_entropy",
+    )
+    assert resolved(ref | {"loss": "huber"}, "classification").task == "regression"
+    assert resolved(ref | {"task": "regression"}, "classification").loss == "mse"
+
+
+def test_the_resolved_spec_requires_task_and_loss():
+    with pytest.raises(ValidationError, match="task"):
+        RunSpec.model_validate({"dataset": {"type": "synthetic_linear"}, "loss": "mse"})
+    assert "chaos" not in RunRequest.model_json_schema()["properties"]
 
 
 @pytest.mark.parametrize(
@@ -35,12 +56,12 @@ def test_task_and_loss_are_inferred():
     ],
 )
 def test_invalid_specs_are_refused(change: dict, message: str):
-    with pytest.raises(ValidationError, match=message):
-        RunSpec.model_validate(D2L_SPEC | change)
+    with pytest.raises((ValidationError, InvalidInputError), match=message):
+        resolved(D2L_SPEC | change)
 
 
 def test_integer_labels_stay_integers():
-    spec = RunSpec.model_validate(
+    spec = resolved(
         {
             "dataset": {"type": "inline", "features": [[1], [2], [3]], "targets": [1, 2.5, "x"]},
             "task": "classification",
@@ -69,14 +90,8 @@ def test_limits_name_the_field(change: dict, loc: tuple):
         max_hidden_layers=2,
         max_parameters=1000,
     )
-    spec = RunSpec.model_validate(D2L_SPEC | change)
+    spec = resolved(D2L_SPEC | change)
     with pytest.raises(SpecLimitError) as refused:
-        check_limits(spec=spec, limits=limits, chaos_enabled=False)
-    assert refused.value.loc == loc
-
-
-def test_chaos_is_refused_unless_enabled():
-    spec = RunSpec.model_validate(D2L_SPEC | {"chaos": {"kill_at_epoch": 1}})
-    with pytest.raises(SpecLimitError, match="fault injection is disabled"):
-        check_limits(spec=spec, limits=Limits(), chaos_enabled=False)
-    check_limits(spec=spec, limits=Limits(), chaos_enabled=True)
+        check_limits(spec=spec, limits=limits, shape=dataset_shape(spec))
+    assert refused.value.loc == ("body", *loc)
+    assert refused.value.status == 422

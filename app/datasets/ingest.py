@@ -19,6 +19,7 @@ import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
 from app.config import Limits
+from app.errors import InvalidInputError, Loc
 from app.training.data import label_order
 from app.training.spec import Task
 
@@ -31,12 +32,13 @@ PREVIEW_ROWS = 10
 FEATURE_TYPE = pa.float32()
 
 
-class DatasetInputError(ValueError):
-    """The upload cannot become a dataset; `loc` names the offending part of the request."""
+class DatasetInputError(InvalidInputError):
+    """The data cannot be used; `loc` names the offending part of the request body."""
 
-    def __init__(self, loc: tuple[str | int, ...], message: str) -> None:
-        super().__init__(message)
-        self.loc = loc
+    type = "invalid_dataset"
+
+    def __init__(self, loc: Loc, message: str) -> None:
+        super().__init__(message, loc=("body", *loc))
 
 
 @dataclass(frozen=True)
@@ -95,7 +97,7 @@ def ingest_columns(
     for name, length in lengths.items():
         if length != lengths[first]:
             raise DatasetInputError(
-                ("body", "columns", name),
+                ("columns", name),
                 f"column {name!r} has {length} values but column {first!r} has "
                 f"{lengths[first]}; every column needs one value per row",
             )
@@ -107,7 +109,7 @@ def ingest_columns(
             continue
         for index, value in enumerate(values):
             if value is not None and not _is_json_number(value):
-                raise _not_a_number(name, index, value, loc=("body", "columns", name))
+                raise _not_a_number(name, index, value, loc=("columns", name))
         # from_pandas: a NaN is a missing value here, as in CSV and Parquet.
         arrays[name] = _arrow_array(name, values, type=FEATURE_TYPE, from_pandas=True)
     return _finish(pa.table(arrays), "json", options, limits)
@@ -116,7 +118,7 @@ def ingest_columns(
 def records_to_columns(records: list[dict[str, Any]]) -> dict[str, list[Any]]:
     """Turn JSON records into columns; every record must have the first record's keys."""
     if not records:
-        raise DatasetInputError(("body", "records"), "records is empty; send at least one row")
+        raise DatasetInputError(("records",), "records is empty; send at least one row")
     names = list(records[0])
     columns: dict[str, list[Any]] = {name: [] for name in names}
     for index, record in enumerate(records):
@@ -125,7 +127,7 @@ def records_to_columns(records: list[dict[str, Any]]) -> dict[str, list[Any]]:
             extra = [name for name in record if name not in columns]
             problem = f"lacks {missing[0]!r}" if missing else f"has an extra key {extra[0]!r}"
             raise DatasetInputError(
-                ("body", "records", index),
+                ("records", index),
                 f"row {index + 1} {problem}; every record needs the keys of row 1",
             )
         for name in names:
@@ -151,7 +153,7 @@ def _json_target(name: str, values: list[Any]) -> pa.Array:
     if str in kinds and kinds != {str}:
         index = next(i for i, value in enumerate(values) if not isinstance(value, str | None))
         raise DatasetInputError(
-            ("body", name),
+            ("columns", name),
             f"target column {name!r} mixes strings and numbers (row {index + 1}); "
             "use one kind of label",
         )
@@ -163,7 +165,7 @@ def _arrow_array(name: str, values: list[Any], **options: Any) -> pa.Array:
         return pa.array(values, **options)
     except (pa.ArrowException, OverflowError) as error:
         raise DatasetInputError(
-            ("body", "columns", name), f"column {name!r} cannot be stored: {error}"
+            ("columns", name), f"column {name!r} cannot be stored: {error}"
         ) from None
 
 

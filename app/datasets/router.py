@@ -6,13 +6,14 @@ from typing import Annotated, Any, BinaryIO, TypeVar
 from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
-from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import ImmutableMultiDict, UploadFile
 
 from app.body_limit import BodyTooLargeError
 from app.config import Limits
-from app.datasets import service
+from app.database import Database
+from app.datasets import flows, service
+from app.datasets.dependencies import DatasetUsersDep
 from app.datasets.ingest import DatasetInputError, IngestOptions
 from app.datasets.models import Dataset
 from app.datasets.schemas import (
@@ -24,7 +25,7 @@ from app.datasets.schemas import (
     DatasetRead,
     DatasetSummary,
 )
-from app.dependencies import ReadSessionDep, SessionDep, SettingsDep
+from app.dependencies import DatabaseDep, ReadSessionDep, SettingsDep
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
 Options = TypeVar("Options", bound=DatasetOptions)
@@ -94,8 +95,7 @@ async def _capped_body(request: Request, max_bytes: int) -> bytes:
     return bytes(body)
 
 
-def _answer(session: Session, dataset: Dataset, created: bool, response: Response) -> DatasetRead:
-    session.commit()
+def _answer(dataset: Dataset, created: bool, response: Response) -> DatasetRead:
     response.status_code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
     response.headers["Location"] = f"/datasets/{dataset.id}"
     return DatasetRead.model_validate(dataset)
@@ -111,11 +111,7 @@ def _answer(session: Session, dataset: Dataset, created: bool, response: Respons
     },
 )
 async def upload_dataset(
-    request: Request,
-    response: Response,
-    session: SessionDep,
-    reader: ReadSessionDep,
-    settings: SettingsDep,
+    request: Request, response: Response, database: DatabaseDep, settings: SettingsDep
 ) -> DatasetRead:
     """Upload a CSV or Parquet file (multipart, or the whole body), or JSON records or columns."""
     # Multipart carries the options as fields; a raw body (e.g. text/csv) as query parameters.
@@ -124,21 +120,19 @@ async def upload_dataset(
     if content_type.startswith("application/json"):
         raw = await _capped_body(request, settings.max_body_bytes)
 
-        def store_json() -> DatasetRead:
+        def store_json() -> tuple[Dataset, bool]:
             # Validating up to max_body_bytes of JSON would stall the event loop.
             body = _validated(DatasetJSON, raw)
-            dataset, created = service.store_json(
-                session=session,
-                reader=reader,
+            return flows.store_json(
+                database=database,
                 name=body.name or "upload",
                 options=_ingest_options(body),
                 records=body.records,
                 columns=body.columns,
                 limits=limits,
             )
-            return _answer(session, dataset, created, response)
 
-        return await run_in_threadpool(store_json)
+        return _answer(*await run_in_threadpool(store_json), response)
     if not content_type.startswith("multipart/form-data"):
         # The body is the file itself and the options are query parameters.
         options = _form_options(request.query_params)
@@ -146,39 +140,34 @@ async def upload_dataset(
             # Writes land in the page cache, so they barely hold up the event loop.
             async for chunk in request.stream():
                 spool.write(chunk)
-            return await _store_file(
-                session, reader, response, spool, options.name, options, limits
-            )
+            stored = await _store_file(database, spool, options.name, options, limits)
+        return _answer(*stored, response)
     async with request.form(max_files=1, max_fields=32) as form:
         upload = form.get("file")
         if not isinstance(upload, UploadFile):
-            raise DatasetInputError(("body", "file"), "the multipart field `file` is missing")
+            raise DatasetInputError(("file",), "the multipart field `file` is missing")
         options = _form_options(form)
         name = options.name or upload.filename
-        return await _store_file(session, reader, response, upload.file, name, options, limits)
+        stored = await _store_file(database, upload.file, name, options, limits)
+    return _answer(*stored, response)
 
 
 async def _store_file(
-    session: Session,
-    reader: Session,
-    response: Response,
+    database: Database,
     stream: BinaryIO,
     name: str | None,
     options: DatasetOptions,
     limits: Limits,
-) -> DatasetRead:
-    def store() -> DatasetRead:
-        dataset, created = service.store_file(
-            session=session,
-            reader=reader,
+) -> tuple[Dataset, bool]:
+    return await run_in_threadpool(
+        lambda: flows.store_file(
+            database=database,
             stream=stream,
             name=name or "upload",
             options=_ingest_options(options),
             limits=limits,
         )
-        return _answer(session, dataset, created, response)
-
-    return await run_in_threadpool(store)
+    )
 
 
 @router.post(
@@ -187,17 +176,11 @@ async def _store_file(
     responses={200: {"description": "The built-in dataset was already stored"}},
 )
 def store_builtin(
-    name: str,
-    response: Response,
-    session: SessionDep,
-    reader: ReadSessionDep,
-    settings: SettingsDep,
+    name: str, response: Response, database: DatabaseDep, settings: SettingsDep
 ) -> DatasetRead:
     """Store a dataset shipped with fitserve (see `GET /datasets?builtin=true`)."""
-    dataset, created = service.store_builtin(
-        session=session, reader=reader, name=name, limits=settings.limits
-    )
-    return _answer(session, dataset, created, response)
+    stored = flows.store_builtin(database=database, name=name, limits=settings.limits)
+    return _answer(*stored, response)
 
 
 @router.get("")
@@ -237,9 +220,9 @@ def get_dataset(dataset_id: int, session: ReadSessionDep) -> DatasetRead:
 @router.delete("/{dataset_id}", status_code=status.HTTP_204_NO_CONTENT)
 def delete_dataset(
     dataset_id: int,
-    session: SessionDep,
+    database: DatabaseDep,
+    users: DatasetUsersDep,
     force: Annotated[bool, Query(description="Delete even while runs refer to it.")] = False,
 ) -> None:
     """Delete a dataset; 409 while runs refer to it unless `force=true`."""
-    service.delete_dataset(session=session, dataset_id=dataset_id, force=force)
-    session.commit()
+    flows.delete_dataset(database=database, dataset_id=dataset_id, force=force, users=users)

@@ -5,7 +5,7 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 import numpy as np
 import torch
@@ -26,18 +26,26 @@ from app.datasets.ingest import (
     to_ipc,
 )
 from app.datasets.models import Dataset
+from app.errors import ConflictError, NotFoundError
 from app.pagination import newest_first
-from app.runs.models import Run
 from app.training.data import Table, encode_labels, materialize
-from app.training.spec import DatasetRef, DatasetSpec, RunSpec, Task
+from app.training.spec import DatasetRef, DatasetSpec, Task
 
 
-class DatasetNotFoundError(LookupError):
+class DatasetNotFoundError(NotFoundError):
     """No dataset (or built-in dataset) has that id or name."""
 
 
-class DatasetInUseError(RuntimeError):
+class DatasetInUseError(ConflictError):
     """Runs still refer to the dataset."""
+
+
+class DatasetUsers(Protocol):
+    """Finds the runs that train on a dataset (runs answer this; datasets cannot import them)."""
+
+    def __call__(self, *, session: Session, dataset_id: int) -> list[int]:
+        """Ids of the runs that refer to the dataset, in order."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -216,24 +224,10 @@ def list_datasets(
     )
 
 
-def referring_runs(*, session: Session, dataset_id: int) -> list[int]:
-    """Ids of the runs whose spec names the dataset."""
-    return list(
-        session.scalars(
-            select(Run.id)
-            .where(
-                Run.spec[("dataset", "type")].as_string() == "dataset",
-                Run.spec[("dataset", "id")].as_integer() == dataset_id,
-            )
-            .order_by(Run.id)
-        )
-    )
-
-
-def delete_dataset(*, session: Session, dataset_id: int, force: bool) -> None:
+def delete_dataset(*, session: Session, dataset_id: int, force: bool, users: DatasetUsers) -> None:
     """Delete a dataset; refused while runs refer to it unless forced (they then fail to run)."""
     dataset = get_dataset(session=session, dataset_id=dataset_id)
-    runs = referring_runs(session=session, dataset_id=dataset_id)
+    runs = users(session=session, dataset_id=dataset_id)
     if runs and not force:
         shown = ", ".join(str(run_id) for run_id in runs[:10])
         raise DatasetInUseError(
@@ -244,14 +238,14 @@ def delete_dataset(*, session: Session, dataset_id: int, force: bool) -> None:
     session.expunge(dataset)
 
 
-def _check_ref(dataset: Dataset, ref: DatasetRef, task: Task | None) -> list[str]:
+def _check_ref(dataset: Dataset, ref: DatasetRef, task: Task) -> list[str]:
     """The ref's feature columns; a DatasetInputError naming the field that does not fit."""
     if ref.target != dataset.target:
         raise DatasetInputError(
             ("dataset", "target"),
             f"dataset {dataset.id} has target {dataset.target!r}, not {ref.target!r}",
         )
-    if task is not None and task != dataset.task:
+    if task != dataset.task:
         raise DatasetInputError(
             ("task",),
             f"dataset {dataset.id} is for {dataset.task}, not {task}; set task to {dataset.task}",
@@ -266,27 +260,17 @@ def _check_ref(dataset: Dataset, ref: DatasetRef, task: Task | None) -> list[str
     return ref.features or dataset.features
 
 
-def with_dataset_task(*, session: Session, spec: RunSpec) -> RunSpec:
-    """The spec with the stored dataset's task, when the caller named neither task nor loss."""
-    ref = spec.dataset
-    if not isinstance(ref, DatasetRef) or not spec.task_inferred:
-        return spec
-    dataset = session.get(Dataset, ref.id)
-    if dataset is None or dataset.task == spec.task:
-        return spec
-    loss = "cross_entropy" if dataset.task == "classification" else "mse"
-    return spec.model_copy(update={"task": dataset.task, "loss": loss})
-
-
-def dataset_shape(*, session: Session, spec: RunSpec) -> tuple[int, int, int] | None:
-    """Rows, features and outputs of a run's stored dataset, its ref checked (None: no ref)."""
-    ref = spec.dataset
-    if not isinstance(ref, DatasetRef):
-        return None
+def stored_for_run(*, session: Session, ref: DatasetRef) -> Dataset:
+    """The stored dataset a run names; a 422 naming `dataset.id` when there is none."""
     dataset = session.get(Dataset, ref.id)
     if dataset is None:
         raise DatasetInputError(("dataset", "id"), f"dataset {ref.id} does not exist")
-    features = _check_ref(dataset, ref, spec.task)
+    return dataset
+
+
+def shape_for_run(*, dataset: Dataset, ref: DatasetRef, task: Task) -> tuple[int, int, int]:
+    """Rows, features and outputs a run on the dataset trains with, its ref checked."""
+    features = _check_ref(dataset, ref, task)
     classes = dataset.stats[dataset.target].get("classes")
     return dataset.n_rows, len(features), len(classes) if classes else 1
 
@@ -297,8 +281,8 @@ def load_table(*, session: Session, dataset: DatasetSpec, task: Task) -> Table:
         return materialize(dataset, task)
     stored = session.get(Dataset, dataset.id, options=[undefer(Dataset.data)])
     if stored is None:
-        raise ValueError(f"dataset {dataset.id} no longer exists")
-    features = _check_ref(stored, dataset, task)  # a DatasetInputError is a ValueError
+        raise DatasetInputError(("dataset", "id"), f"dataset {dataset.id} no longer exists")
+    features = _check_ref(stored, dataset, task)
     table = from_ipc(stored.data)
     matrix = np.column_stack([table.column(name).to_numpy() for name in features])
     target = table.column(stored.target)

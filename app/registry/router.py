@@ -3,10 +3,10 @@
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Response, status
-from sqlalchemy.orm import Session
 
-from app.dependencies import NameCacheDep, ReadSessionDep, SessionDep
-from app.registry import service
+from app.dependencies import DatabaseDep, ReadSessionDep
+from app.registry import flows, service
+from app.registry.dependencies import RegistryEventsDep
 from app.registry.schemas import (
     ALIAS_PATTERN,
     AliasRead,
@@ -16,7 +16,6 @@ from app.registry.schemas import (
     RegisterRequest,
     VersionRead,
 )
-from app.serving.cache import NameCache
 
 router = APIRouter(prefix="/models", tags=["registry"])
 
@@ -25,20 +24,14 @@ AliasPath = Annotated[
 ]
 
 
-def _commit(session: Session, names: NameCache) -> None:
-    """Commit, then make this process forget resolutions older than the change at once."""
-    generation = service.current_generation(session=session)
-    session.commit()
-    names.advance(generation)
-
-
 @router.post("", status_code=status.HTTP_201_CREATED)
 def register(
-    request: RegisterRequest, response: Response, session: SessionDep, names: NameCacheDep
+    request: RegisterRequest, response: Response, database: DatabaseDep, events: RegistryEventsDep
 ) -> VersionRead:
     """Register a succeeded run as the next version of a model (created on first use)."""
-    version = service.register_version(session=session, name=request.name, run_id=request.run_id)
-    _commit(session, names)
+    version = flows.register_version(
+        database=database, name=request.name, run_id=request.run_id, events=events
+    )
     response.headers["Location"] = f"/models/{request.name}"
     return VersionRead(
         name=request.name,
@@ -62,10 +55,9 @@ def get_model(name: str, session: ReadSessionDep) -> ModelRead:
 
 
 @router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT)
-def delete_model(name: str, session: SessionDep, names: NameCacheDep) -> None:
+def delete_model(name: str, database: DatabaseDep, events: RegistryEventsDep) -> None:
     """Forget a model with its versions and aliases; its runs stay (and become deletable)."""
-    service.delete_model(session=session, name=name)
-    _commit(session, names)
+    flows.delete_model(database=database, name=name, events=events)
 
 
 @router.put("/{name}/aliases/{alias}")
@@ -73,17 +65,19 @@ def set_alias(
     name: str,
     alias: AliasPath,
     request: AliasRequest,
-    session: SessionDep,
-    names: NameCacheDep,
+    database: DatabaseDep,
+    events: RegistryEventsDep,
 ) -> AliasRead:
     """Point an alias at a version: create it or move it."""
-    version = service.set_alias(session=session, name=name, alias=alias, version=request.version)
-    _commit(session, names)
+    version = flows.set_alias(
+        database=database, name=name, alias=alias, version=request.version, events=events
+    )
     return AliasRead(name=name, alias=alias, version=version.version, run_id=version.run_id)
 
 
 @router.delete("/{name}/aliases/{alias}", status_code=status.HTTP_204_NO_CONTENT)
-def delete_alias(name: str, alias: AliasPath, session: SessionDep, names: NameCacheDep) -> None:
+def delete_alias(
+    name: str, alias: AliasPath, database: DatabaseDep, events: RegistryEventsDep
+) -> None:
     """Drop an alias; predictions by it answer 404 from then on."""
-    service.delete_alias(session=session, name=name, alias=alias)
-    _commit(session, names)
+    flows.delete_alias(database=database, name=name, alias=alias, events=events)

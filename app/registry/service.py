@@ -11,6 +11,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from app.errors import InvalidInputError, NotFoundError
 from app.registry.models import ModelAlias, ModelVersion, RegisteredModel, RegistryState
 from app.registry.schemas import NAME_PATTERN, ModelRead, ModelSummary, VersionDetail
 from app.runs.models import Run, RunStatus, Weights
@@ -21,7 +22,7 @@ _MODEL_REF = re.compile(rf"^(?P<name>{NAME_PATTERN})(@(?P<alias>.+)|:(?P<version
 RESERVED_ALIASES = frozenset({"latest"})
 
 
-class RegistryNotFoundError(LookupError):
+class RegistryNotFoundError(NotFoundError):
     """No model, version or alias by that name."""
 
 
@@ -46,11 +47,16 @@ class AliasNotFoundError(RegistryNotFoundError):
         super().__init__(f"model {name!r} has no alias {alias!r}")
 
 
-class ReservedAliasError(ValueError):
+class ReservedAliasError(InvalidInputError):
     """The alias is a word with a meaning of its own in model references."""
 
+    type = "reserved"
+
     def __init__(self, alias: str) -> None:
-        super().__init__(f"{alias!r} is reserved: a bare model name already means the latest")
+        super().__init__(
+            f"{alias!r} is reserved: a bare model name already means the latest",
+            loc=("path", "alias"),
+        )
 
 
 class RunRegisteredError(RunStateError):
@@ -292,7 +298,10 @@ def resolve(*, session: Session, ref: ModelRef) -> Resolution:
 
 
 def release_run(*, session: Session, run_id: int) -> None:
-    """Refuse to delete a run that is a registered version; else announce its deletion."""
+    """Refuse to delete a run that is a registered version; else announce its deletion.
+
+    Wired as the runs' deletion check, inside the deleting transaction.
+    """
     registered = session.execute(
         select(RegisteredModel.name, ModelVersion.version)
         .join(ModelVersion, ModelVersion.model_id == RegisteredModel.id)

@@ -32,6 +32,7 @@ class FailureKind(StrEnum):
     DIVERGED = "diverged"
     WORKER_LOST = "worker_lost"
     TIMEOUT = "timeout"
+    RESOURCES = "resources"
     INTERNAL = "internal"
 
 
@@ -49,6 +50,10 @@ class Run(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     status: Mapped[str] = mapped_column(String(16), default=RunStatus.QUEUED)
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # SET NULL: a dataset deleted with force=true leaves its runs, which then fail to run.
+    dataset_id: Mapped[int | None] = mapped_column(
+        ForeignKey("datasets.id", ondelete="SET NULL"), index=True
+    )
     task: Mapped[str] = mapped_column(String(16))
     device_request: Mapped[str] = mapped_column(String(32))
     device: Mapped[str | None] = mapped_column(String(32))

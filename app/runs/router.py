@@ -4,14 +4,13 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response, status
 
-from app.datasets.service import dataset_shape, with_dataset_task
-from app.dependencies import ModelCacheDep, ReadSessionDep, SessionDep, SettingsDep, WakeupDep
-from app.registry import service as registry
-from app.runs import service
+from app.dependencies import DatabaseDep, ReadSessionDep, SettingsDep
+from app.runs import flows, service
+from app.runs.dependencies import RunEventsDep
 from app.runs.models import RunStatus
 from app.runs.schemas import EpochRead, ResumeRequest, RunPage, RunRead, WeightsRead
 from app.training.artifacts import tensors_as_json
-from app.training.spec import RunSpec
+from app.training.spec import RunRequest
 
 router = APIRouter(prefix="/runs", tags=["runs"])
 
@@ -22,34 +21,25 @@ router = APIRouter(prefix="/runs", tags=["runs"])
     responses={200: {"description": "An earlier request with this Idempotency-Key made the run"}},
 )
 def create_run(
-    spec: RunSpec,
+    spec: RunRequest,
     response: Response,
-    session: SessionDep,
+    database: DatabaseDep,
     settings: SettingsDep,
-    wakeup: WakeupDep,
+    events: RunEventsDep,
     idempotency_key: Annotated[
         str | None,
         Header(max_length=255, description="Retries with the same key return the same run."),
     ] = None,
 ) -> RunRead:
     """Queue a training run."""
-    spec = with_dataset_task(session=session, spec=spec)
-    service.check_limits(
-        spec=spec,
-        limits=settings.limits,
-        chaos_enabled=settings.chaos_enabled,
-        dataset_shape=dataset_shape(session=session, spec=spec),
-    )
-    run, created = service.create_run(
-        session=session,
-        spec=spec,
-        default_max_attempts=settings.default_max_attempts,
+    run, created = flows.submit_run(
+        database=database,
+        request=spec,
+        settings=settings,
+        events=events,
         idempotency_key=idempotency_key,
     )
-    session.commit()
-    if created:
-        wakeup()
-    else:
+    if not created:
         response.status_code = status.HTTP_200_OK
     response.headers["Location"] = f"/runs/{run.id}"
     return RunRead.model_validate(run)
@@ -127,37 +117,31 @@ def get_weights(
 
 
 @router.post("/{run_id}/cancel")
-def cancel_run(run_id: int, session: SessionDep) -> RunRead:
+def cancel_run(run_id: int, database: DatabaseDep) -> RunRead:
     """Cancel a queued run, or stop a running one at its next batch (it keeps a checkpoint)."""
-    run = service.cancel_run(session=session, run_id=run_id)
-    session.commit()
-    return RunRead.model_validate(run)
+    return RunRead.model_validate(flows.cancel_run(database=database, run_id=run_id))
 
 
 @router.post("/{run_id}/resume")
 def resume_run(
     run_id: int,
-    session: SessionDep,
+    database: DatabaseDep,
     settings: SettingsDep,
-    wakeup: WakeupDep,
+    events: RunEventsDep,
     request: ResumeRequest | None = None,
 ) -> RunRead:
     """Continue a cancelled or failed run from its last checkpoint, optionally with more epochs."""
-    run = service.resume_run(
-        session=session,
+    run = flows.resume_run(
+        database=database,
         run_id=run_id,
         epochs=request.epochs if request else None,
-        limits=settings.limits,
+        settings=settings,
+        events=events,
     )
-    session.commit()
-    wakeup()
     return RunRead.model_validate(run)
 
 
 @router.delete("/{run_id}", status_code=status.HTTP_204_NO_CONTENT)
-def delete_run(run_id: int, session: SessionDep, cache: ModelCacheDep) -> None:
+def delete_run(run_id: int, database: DatabaseDep, events: RunEventsDep) -> None:
     """Delete a run that is not executing nor a registered model version, with its data."""
-    registry.release_run(session=session, run_id=run_id)
-    service.delete_run(session=session, run_id=run_id)
-    session.commit()
-    cache.invalidate(run_id)
+    flows.delete_run(database=database, run_id=run_id, events=events)

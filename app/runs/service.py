@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 
 from app.config import Limits
 from app.database import utcnow
+from app.errors import ConflictError, LimitExceededError, Loc, NotFoundError
 from app.pagination import newest_first
 from app.runs.models import Epoch, Run, RunStatus, Weights
 from app.training.data import label_order
@@ -21,32 +22,32 @@ from app.training.spec import (
     SyntheticClassificationDataset,
     SyntheticLinearDataset,
 )
-from app.worker import queue
 
 
-class RunNotFoundError(LookupError):
+class RunNotFoundError(NotFoundError):
     """No run has that id."""
 
     def __init__(self, run_id: int) -> None:
         super().__init__(f"run {run_id} not found")
 
 
-class RunStateError(RuntimeError):
+class RunStateError(ConflictError):
     """The run is not in a state that allows the operation."""
 
 
-class SpecLimitError(ValueError):
-    """A spec field is over one of the server's limits."""
+class SpecLimitError(LimitExceededError):
+    """A spec field is over one of the server's limits; `loc` is relative to the body."""
 
-    def __init__(self, loc: tuple[str | int, ...], message: str) -> None:
-        super().__init__(message)
-        self.loc = loc
+    def __init__(self, loc: Loc, message: str) -> None:
+        super().__init__(message, loc=("body", *loc))
 
 
-def _dataset_shape(spec: RunSpec) -> tuple[int, int, int]:
-    """Rows, features and outputs the dataset will have."""
+def dataset_shape(spec: RunSpec) -> tuple[int, int, int]:
+    """Rows, features and outputs a generated or inline dataset will have."""
     dataset = spec.dataset
     match dataset:
+        case DatasetRef():
+            raise TypeError("a stored dataset's shape comes from the datasets service")
         case SyntheticLinearDataset():
             return dataset.n_samples, len(dataset.true_w), 1
         case SyntheticClassificationDataset():
@@ -59,18 +60,12 @@ def _dataset_shape(spec: RunSpec) -> tuple[int, int, int]:
     raise TypeError(f"unknown dataset type {type(dataset).__name__}")
 
 
-def check_limits(
-    *,
-    spec: RunSpec,
-    limits: Limits,
-    chaos_enabled: bool,
-    dataset_shape: tuple[int, int, int] | None = None,
-) -> None:
-    """Refuse a spec that asks for more than the server allows, naming the field."""
-    # A stored dataset's rows, features and outputs come from the caller, who read them.
-    if dataset_shape is None and isinstance(spec.dataset, DatasetRef):
-        raise TypeError("check_limits needs dataset_shape for a stored dataset")
-    rows, features, outputs = dataset_shape or _dataset_shape(spec)
+def check_limits(*, spec: RunSpec, limits: Limits, shape: tuple[int, int, int]) -> None:
+    """Refuse a spec that asks for more than the server allows, naming the field.
+
+    `shape` is the rows, features and outputs of the run's dataset.
+    """
+    rows, features, outputs = shape
     rows_field = {"inline": "features", "dataset": "id"}.get(spec.dataset.type, "n_samples")
     checks: list[tuple[bool, tuple[str | int, ...], str]] = [
         (spec.epochs > limits.max_epochs, ("epochs",), f"epochs is at most {limits.max_epochs}"),
@@ -100,7 +95,6 @@ def check_limits(
             ("dataset", "targets"),
             "classification needs at least 2 distinct labels",
         ),
-        (spec.chaos is not None and not chaos_enabled, ("chaos",), "fault injection is disabled"),
     ]
     if isinstance(spec.model, MLPModel):
         checks.append(
@@ -131,6 +125,13 @@ def check_limits(
             raise SpecLimitError(loc, message)
 
 
+def runs_using_dataset(*, session: Session, dataset_id: int) -> list[int]:
+    """Ids of the runs that train on a stored dataset, in order."""
+    return list(
+        session.scalars(select(Run.id).where(Run.dataset_id == dataset_id).order_by(Run.id))
+    )
+
+
 def create_run(
     *,
     session: Session,
@@ -138,7 +139,7 @@ def create_run(
     default_max_attempts: int,
     idempotency_key: str | None = None,
 ) -> tuple[Run, bool]:
-    """Queue a run; with an idempotency key already used, return that run instead.
+    """Add a queued run; with an idempotency key already used, return that run instead.
 
     Returns the run and whether it was created now.
     """
@@ -149,6 +150,7 @@ def create_run(
             return existing, False
     run = Run(
         spec=stored_spec,
+        dataset_id=spec.dataset.id if isinstance(spec.dataset, DatasetRef) else None,
         task=spec.task,
         device_request=spec.device,
         epochs_total=spec.epochs,
@@ -164,7 +166,6 @@ def create_run(
         if existing is None:
             raise
         return existing, False
-    queue.announce(session)
     return run, True
 
 
@@ -277,7 +278,6 @@ def resume_run(*, session: Session, run_id: int, epochs: int | None, limits: Lim
     session.refresh(run)
     if not resumed:
         raise RunStateError(f"run {run_id} is {run.status}; only cancelled or failed runs resume")
-    queue.announce(session)
     return run
 
 

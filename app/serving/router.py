@@ -14,11 +14,11 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from app.dependencies import serving_state
 from app.registry.schemas import ALIAS_PATTERN
 from app.registry.service import ModelRef, Resolution, parse_model_ref
 from app.serving import service
 from app.serving.cache import LoadedModel
+from app.serving.dependencies import serving_state
 from app.serving.schemas import PredictInputs, PredictRequest, PredictResponse
 from app.serving.service import Rows, Serving
 

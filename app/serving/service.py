@@ -13,6 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
+from app.errors import InvalidInputError, Loc
 from app.registry import service as registry
 from app.registry.service import ModelRef, Resolution
 from app.runs.models import Run, Weights
@@ -23,12 +24,13 @@ from app.training.artifacts import import_weights, read_architecture
 from app.training.data import Label
 
 
-class InputShapeError(ValueError):
+class InputShapeError(InvalidInputError):
     """The rows do not fit the model; `loc` names the part of the body at fault."""
 
-    def __init__(self, message: str, loc: tuple[str | int, ...] = ("body", "inputs")) -> None:
-        super().__init__(message)
-        self.loc = loc
+    type = "shape_mismatch"
+
+    def __init__(self, message: str, loc: Loc = ("body", "inputs")) -> None:
+        super().__init__(message, loc=loc)
 
 
 @dataclass(frozen=True)

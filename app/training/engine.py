@@ -7,10 +7,11 @@ from typing import Literal, Protocol
 
 import torch
 
+from app.errors import InvalidInputError
 from app.training.artifacts import Architecture, CheckpointBlob, pack_checkpoint, unpack_checkpoint
 from app.training.data import Table, feature_statistics, materialize, split_rows
 from app.training.modules import make_loss, make_optimizer
-from app.training.spec import RunSpec
+from app.training.spec import RunRequest, RunSpec, resolve_spec
 
 EVAL_CHUNK_ROWS = 65_536
 
@@ -80,14 +81,14 @@ class Trainer:
     """Trains one spec on one table and device; can checkpoint and resume mid-epoch."""
 
     def __init__(self, *, spec: RunSpec, table: Table, device: torch.device) -> None:
-        if spec.task is None or spec.loss is None:
-            raise ValueError("spec task and loss must be resolved")
         self.spec = spec
         self.device = device
         self.table = table
         split = split_rows(table, fraction=spec.validation_split, seed=spec.seed)
         if len(split.train) == 0:
-            raise ValueError("validation_split leaves no training rows")
+            raise InvalidInputError(
+                "validation_split leaves no training rows", loc=("body", "validation_split")
+            )
         self.architecture = Architecture(
             task=spec.task,
             n_features=table.n_features,
@@ -269,8 +270,10 @@ class _Uninterrupted:
 
 def warm_up(device: torch.device) -> None:
     """Train a tiny model once, so torch's lazy start-up (about a second) is not paid by a user."""
-    spec = RunSpec.model_validate(
-        {"dataset": {"type": "synthetic_linear", "n_samples": 8}, "epochs": 1, "batch_size": 4}
+    spec = resolve_spec(
+        RunRequest.model_validate(
+            {"dataset": {"type": "synthetic_linear", "n_samples": 8}, "epochs": 1, "batch_size": 4}
+        )
     )
     trainer = Trainer(spec=spec, table=materialize(spec.dataset, "regression"), device=device)
     trainer.run(_Uninterrupted())

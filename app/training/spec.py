@@ -2,7 +2,9 @@
 
 from typing import Annotated, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from app.errors import InvalidInputError
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 Label = Annotated[int | FiniteFloat | str, Field(union_mode="smart")]
@@ -153,25 +155,16 @@ OptimizerSpec = Annotated[
 Task = Literal["regression", "classification"]
 LossName = Literal["mse", "l1", "huber", "cross_entropy"]
 REGRESSION_LOSSES = ("mse", "l1", "huber")
+LOSS_TASKS: dict[str, Task] = {
+    "mse": "regression",
+    "l1": "regression",
+    "huber": "regression",
+    "cross_entropy": "classification",
+}
 
 
-class Chaos(StrictModel):
-    """Fault injection for reliability tests; refused unless the server enables it."""
-
-    kill_at_epoch: int | None = Field(
-        None, ge=1, description="SIGKILL the worker halfway through this epoch."
-    )
-    kill_on_attempts: int = Field(1, ge=0, description="Kill only on the first N attempts.")
-    stall_heartbeat_on_attempts: int = Field(
-        0, ge=0, description="Stop renewing the lease on the first N attempts."
-    )
-    epoch_sleep_seconds: FiniteFloat = Field(
-        0.0, ge=0, le=60, description="Sleep after each epoch, to make a run long."
-    )
-
-
-class RunSpec(StrictModel):
-    """Everything a worker needs to train one model."""
+class RunRequest(StrictModel):
+    """A run as a client asks for it; task and loss may be left for fitserve to fill in."""
 
     model_config = ConfigDict(
         extra="forbid",
@@ -242,29 +235,22 @@ class RunSpec(StrictModel):
     max_attempts: int | None = Field(
         None, ge=1, le=20, description="Worker losses tolerated before the run fails."
     )
-    chaos: Chaos | None = Field(None, description="Fault injection (tests only).")
 
-    _task_inferred: bool = PrivateAttr(False)
 
-    @property
-    def task_inferred(self) -> bool:
-        """Whether the caller named neither task nor loss, so both were filled in."""
-        return self._task_inferred
+SYNTHETIC_TASKS: dict[str, Task] = {
+    "synthetic_linear": "regression",
+    "synthetic_classification": "classification",
+}
+
+
+class RunSpec(RunRequest):
+    """Everything a worker needs to train one model: a request with task and loss resolved."""
+
+    task: Task = Field(description="regression or classification.")
+    loss: LossName = Field(description="mse, l1, huber (regression) or cross_entropy.")
 
     @model_validator(mode="after")
-    def _resolve_task_and_loss(self) -> Self:
-        dataset_task: Task | None = {
-            "synthetic_linear": "regression",
-            "synthetic_classification": "classification",
-        }.get(self.dataset.type)  # type: ignore[assignment]
-        self._task_inferred = self.task is None and self.loss is None
-        if self.task is None:
-            if self.loss is not None:
-                self.task = "classification" if self.loss == "cross_entropy" else "regression"
-            else:
-                self.task = dataset_task or "regression"
-        if self.loss is None:
-            self.loss = "cross_entropy" if self.task == "classification" else "mse"
+    def _consistent(self) -> Self:
         if self.task == "classification" and self.loss != "cross_entropy":
             raise ValueError(
                 f"loss {self.loss!r} does not fit task 'classification'; use cross_entropy"
@@ -273,6 +259,7 @@ class RunSpec(StrictModel):
             raise ValueError(
                 f"loss {self.loss!r} does not fit task 'regression'; use mse, l1 or huber"
             )
+        dataset_task = SYNTHETIC_TASKS.get(self.dataset.type)
         if dataset_task is not None and dataset_task != self.task:
             raise ValueError(f"dataset {self.dataset.type} is for {dataset_task}, not {self.task}")
         if isinstance(self.dataset, InlineDataset) and self.task == "regression":
@@ -282,3 +269,26 @@ class RunSpec(StrictModel):
                         f"targets[{index}] is {target!r}, not a number; regression needs numbers"
                     )
         return self
+
+
+def resolve_spec(request: RunRequest, *, dataset_task: Task | None = None) -> RunSpec:
+    """The spec to train: the task named, else implied by the loss, else the dataset's.
+
+    `dataset_task` is a stored dataset's task; synthetic datasets carry their own. The
+    result is validated as a whole, so a loss that does not fit the task is refused here.
+    """
+    implied = None if request.loss is None else LOSS_TASKS[request.loss]
+    task = (
+        request.task
+        or implied
+        or dataset_task
+        or SYNTHETIC_TASKS.get(request.dataset.type)
+        or "regression"
+    )
+    loss = request.loss or ("cross_entropy" if task == "classification" else "mse")
+    try:
+        # Fields pass through as validated instances: an inline dataset is not checked twice.
+        return RunSpec(**{**dict(request), "task": task, "loss": loss})
+    except ValidationError as error:
+        first = error.errors(include_url=False)[0]
+        raise InvalidInputError(first["msg"], loc=("body", *first["loc"])) from None

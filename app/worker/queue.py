@@ -1,21 +1,25 @@
-"""The runs table as a queue: claim, lease, fenced writes, hand-back and reaping.
+"""The runs table as a work queue: claim, lease, fence, finish, hand back, reap, and the
+worker registry. This module is the only code that moves a run through its queue states
+on a worker's behalf.
 
-Every write a worker makes for a run names the attempt it claimed; a write whose attempt
-is no longer the run's current one (its lease expired and another worker claimed the run)
-matches no row and raises FencedError, so a stale worker can never change the run.
+Every write a worker makes for a run goes through `fence` in the same transaction: it names
+the attempt the worker claimed, and once that attempt is no longer the run's current one
+(its lease expired and another worker claimed the run) it matches no row and raises
+FencedError, so a stale worker can never change the run.
+
+Workers learn of queued runs from PostgreSQL's NOTIFY, which a trigger on the runs table
+sends whenever a run becomes queued (migration 0004), or from polling.
 """
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import case, delete, func, literal, select, text, update
+from sqlalchemy import case, delete, func, literal, select, update
 from sqlalchemy.orm import Session
 
 from app.database import UTCDateTime, utcnow
-from app.runs.models import ACTIVE_STATUSES, Checkpoint, Epoch, FailureKind, Run, RunStatus, Weights
-from app.training.artifacts import CheckpointBlob, WeightsFile
-from app.training.engine import EpochReport
+from app.runs.models import ACTIVE_STATUSES, FailureKind, Run, RunStatus
 from app.worker.models import WorkerRecord
 
 NOTIFY_CHANNEL = "fitserve_runs"
@@ -34,12 +38,6 @@ class Claim:
     attempt: int
     spec: dict[str, Any]
     epochs_total: int
-
-
-def announce(session: Session) -> None:
-    """Tell listening workers that a run is queued; PostgreSQL delivers it on commit."""
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(text("SELECT pg_notify(:channel, '')"), {"channel": NOTIFY_CHANNEL})
 
 
 def servable_requests(device: str) -> list[str]:
@@ -84,11 +82,18 @@ def claim_next(
     return Claim(run_id=row.id, attempt=row.attempt, spec=row.spec, epochs_total=row.epochs_total)
 
 
-def _fenced_update(session: Session, run_id: int, attempt: int, **values: Any) -> str:
+def fence(*, session: Session, claim: Claim, **values: Any) -> str:
+    """Check that the claim still holds the run, setting `values`; returns the run's status.
+
+    Raises FencedError when it does not; call it first in any transaction that writes for
+    the claim, so that nothing else in it commits for a stale attempt.
+    """
+    run_id, attempt = claim.run_id, claim.attempt
     status = session.execute(
         update(Run)
         .where(Run.id == run_id, Run.attempt == attempt, Run.status.in_(ACTIVE_STATUSES))
-        .values(**values)
+        # With nothing to set, the row is still locked and matched: a pure check.
+        .values(**(values or {"attempt": Run.attempt}))
         .returning(Run.status)
         .execution_options(synchronize_session=False)
     ).scalar_one_or_none()
@@ -97,86 +102,23 @@ def _fenced_update(session: Session, run_id: int, attempt: int, **values: Any) -
     return status
 
 
-def renew_lease(*, session: Session, run_id: int, attempt: int, lease_seconds: float) -> str:
+def renew_lease(*, session: Session, claim: Claim, lease_seconds: float) -> str:
     """Extend the lease; returns the run's status (`cancelling` asks the worker to stop)."""
     expires = utcnow() + timedelta(seconds=lease_seconds)
-    return _fenced_update(session, run_id, attempt, lease_expires_at=expires)
-
-
-def load_checkpoint(*, session: Session, run_id: int) -> CheckpointBlob | None:
-    """The run's latest checkpoint, if it has one."""
-    checkpoint = session.get(Checkpoint, run_id)
-    if checkpoint is None:
-        return None
-    return CheckpointBlob(tensors=checkpoint.tensors, state=checkpoint.state)
-
-
-def begin_attempt(*, session: Session, run_id: int, attempt: int, resume_epoch: int) -> None:
-    """Drop epoch rows past the checkpoint this attempt resumes from; they will be redone."""
-    _fenced_update(session, run_id, attempt, epochs_done=resume_epoch)
-    session.execute(delete(Epoch).where(Epoch.run_id == run_id, Epoch.epoch > resume_epoch))
-
-
-def save_checkpoint(*, session: Session, run_id: int, attempt: int, blob: CheckpointBlob) -> None:
-    """Replace the run's checkpoint (fenced)."""
-    progress = blob.state["progress"]
-    _fenced_update(session, run_id, attempt, epochs_done=progress["epoch"])
-    values = {
-        "attempt": attempt,
-        "epoch": progress["epoch"],
-        "batch": progress["batch"],
-        "tensors": blob.tensors,
-        "state": blob.state,
-        "created_at": utcnow(),
-    }
-    updated = session.execute(
-        update(Checkpoint).where(Checkpoint.run_id == run_id).values(**values)
-    ).rowcount
-    if updated == 0:
-        session.add(Checkpoint(run_id=run_id, **values))
-        session.flush()
-
-
-def record_epoch(
-    *,
-    session: Session,
-    run_id: int,
-    attempt: int,
-    report: EpochReport,
-    checkpoint: CheckpointBlob | None,
-) -> str:
-    """Store one epoch row, and its checkpoint when due, in the caller's transaction (fenced)."""
-    status = _fenced_update(session, run_id, attempt, epochs_done=report.epoch)
-    session.add(
-        Epoch(
-            run_id=run_id,
-            epoch=report.epoch,
-            attempt=attempt,
-            train_loss=report.train_loss,
-            val_loss=report.val_loss,
-            metrics=report.metrics,
-            seconds=report.seconds,
-        )
-    )
-    session.flush()
-    if checkpoint is not None:
-        save_checkpoint(session=session, run_id=run_id, attempt=attempt, blob=checkpoint)
-    return status
+    return fence(session=session, claim=claim, lease_expires_at=expires)
 
 
 def finish(
     *,
     session: Session,
-    run_id: int,
-    attempt: int,
+    claim: Claim,
     status: RunStatus,
     failure_kind: FailureKind | None = None,
     error: str | None = None,
     metrics: dict[str, Any] | None = None,
     estimation_error: dict[str, Any] | None = None,
-    weights: WeightsFile | None = None,
 ) -> None:
-    """End the run in a final status (fenced); stores the weights when given."""
+    """End the run in a final status (fenced)."""
     values: dict[str, Any] = {
         "status": status,
         "finished_at": utcnow(),
@@ -188,36 +130,47 @@ def finish(
         values["metrics"] = metrics
     if estimation_error is not None:
         values["estimation_error"] = estimation_error
-    _fenced_update(session, run_id, attempt, **values)
-    if weights is not None:
-        session.execute(delete(Weights).where(Weights.run_id == run_id))
-        session.add(
-            Weights(
-                run_id=run_id,
-                data=weights.data,
-                sha256=weights.sha256,
-                size_bytes=len(weights.data),
-            )
-        )
-        session.flush()
+    fence(session=session, claim=claim, **values)
 
 
-def hand_back(*, session: Session, run_id: int, attempt: int) -> None:
+def hand_back(*, session: Session, claim: Claim) -> None:
     """Return a run to the queue without counting a lost attempt (graceful shutdown)."""
-    status = session.execute(select(Run.status).where(Run.id == run_id)).scalar_one_or_none()
+    status = session.execute(select(Run.status).where(Run.id == claim.run_id)).scalar_one()
     if status == RunStatus.CANCELLING:
-        finish(session=session, run_id=run_id, attempt=attempt, status=RunStatus.CANCELLED)
+        finish(session=session, claim=claim, status=RunStatus.CANCELLED)
         return
-    _fenced_update(
-        session,
-        run_id,
-        attempt,
+    fence(
+        session=session,
+        claim=claim,
         status=RunStatus.QUEUED,
         queued_at=utcnow(),
         worker_id=None,
         lease_expires_at=None,
     )
-    announce(session)
+
+
+def retry_elsewhere(
+    *, session: Session, claim: Claim, failure_kind: FailureKind, error: str
+) -> str:
+    """Give up this attempt for a reason of the machine's: queue the run again, counting a
+    lost attempt, or fail it with `failure_kind` once it has used up its attempts.
+
+    Returns the run's new status.
+    """
+    now = utcnow()
+    exhausted = Run.lost_attempts + 1 >= Run.max_attempts
+    return fence(
+        session=session,
+        claim=claim,
+        status=case((exhausted, RunStatus.FAILED), else_=RunStatus.QUEUED),
+        lost_attempts=Run.lost_attempts + 1,
+        failure_kind=case((exhausted, failure_kind.value), else_=None),
+        error=error,
+        finished_at=case((exhausted, literal(now, UTCDateTime)), else_=None),
+        queued_at=case((exhausted, Run.queued_at), else_=literal(now, UTCDateTime)),
+        worker_id=None,
+        lease_expires_at=None,
+    )
 
 
 def reap_expired(*, session: Session, now: datetime | None = None) -> int:
@@ -256,8 +209,6 @@ def reap_expired(*, session: Session, now: datetime | None = None) -> int:
         )
         .execution_options(synchronize_session=False)
     )
-    if result.rowcount:
-        announce(session)
     return result.rowcount
 
 

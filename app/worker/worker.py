@@ -5,10 +5,9 @@ import os
 import signal
 import socket
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from types import FrameType
 from typing import Any
@@ -19,21 +18,20 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from app.config import Settings
-from app.database import (
-    make_engine,
-    make_session_factory,
-    read_only_engine,
-    unit_of_work,
-    utcnow,
-)
+from app.config import RunFaults, Settings
+from app.database import Database, unit_of_work, utcnow
 from app.datasets.service import load_table
+from app.errors import InvalidInputError
+from app.runs import records
 from app.runs.models import FailureKind, RunStatus
 from app.training.artifacts import export_weights
 from app.training.engine import EpochReport, Outcome, Trainer, estimation_error, warm_up
 from app.training.spec import RunSpec
 from app.worker import queue
+from app.worker.failures import describe, failure_kind
+from app.worker.faults import FaultInjector
 from app.worker.models import WorkerRecord
+from app.worker.threads import supervised
 
 logger = logging.getLogger("fitserve.worker")
 
@@ -49,6 +47,7 @@ class WorkerSettings:
     heartbeat_seconds: float
     poll_seconds: float
     torch_threads: int
+    test_faults: dict[int, RunFaults] = field(default_factory=dict)
 
     @classmethod
     def from_settings(cls, settings: Settings, *, worker_id: str, device: str) -> "WorkerSettings":
@@ -61,6 +60,7 @@ class WorkerSettings:
             heartbeat_seconds=settings.heartbeat_seconds,
             poll_seconds=settings.poll_seconds,
             torch_threads=settings.torch_threads,
+            test_faults=settings.test_faults,
         )
 
 
@@ -84,9 +84,7 @@ class Worker:
 
     def __init__(self, settings: WorkerSettings, *, wakeup: Wakeup | None = None) -> None:
         self.settings = settings
-        self.engine = make_engine(settings.database_url)
-        self.sessions = make_session_factory(self.engine)
-        self.read_sessions = make_session_factory(read_only_engine(self.engine))
+        self.database = Database.connect(settings.database_url)
         self.stop_requested = threading.Event()
         self._wake = threading.Event()
         self._idle = threading.Event()
@@ -137,7 +135,7 @@ class Worker:
                     self.stop_requested.wait(self.settings.poll_seconds)
                     continue
                 if claim is not None:
-                    self._execute(claim)
+                    RunExecution(self._context(), claim).run()
                     continue
                 self._idle.set()
                 self._wake.wait(self.settings.poll_seconds)
@@ -146,28 +144,16 @@ class Worker:
         finally:
             self.stop_requested.set()
             self._idle.set()
-            with suppress(DBAPIError), unit_of_work(self.sessions) as session:
+            with suppress(DBAPIError), unit_of_work(self.database.sessions) as session:
                 queue.unregister_worker(session=session, worker_id=self.settings.worker_id)
             for thread in self._threads:
                 thread.join(timeout=2)
-            self.engine.dispose()
+            self.database.dispose()
 
-    def _execute(self, claim: queue.Claim) -> None:
-        try:
-            execution = RunExecution(self, claim)
-        except ValidationError as error:
-            # A stored spec that no longer validates would fail on every attempt.
-            with suppress(queue.FencedError, DBAPIError), unit_of_work(self.sessions) as session:
-                queue.finish(
-                    session=session,
-                    run_id=claim.run_id,
-                    attempt=claim.attempt,
-                    status=RunStatus.FAILED,
-                    failure_kind=FailureKind.INVALID_INPUT,
-                    error=f"the stored spec is not valid: {error}",
-                )
-            return
-        execution.run()
+    def _context(self) -> "ExecutionContext":
+        return ExecutionContext(
+            settings=self.settings, database=self.database, stopping=self.stop_requested
+        )
 
     def _register(self) -> None:
         record = WorkerRecord(
@@ -180,12 +166,12 @@ class Worker:
             stopped_at=None,
             current_run_id=None,
         )
-        with unit_of_work(self.sessions) as session:
+        with unit_of_work(self.database.sessions) as session:
             queue.register_worker(session=session, record=record)
 
     def _maintain_queue(self) -> bool:
         """Heartbeat, reap and retire; False when this worker's row is gone."""
-        with unit_of_work(self.sessions) as session:
+        with unit_of_work(self.database.sessions) as session:
             registered = queue.worker_heartbeat(
                 session=session, worker_id=self.settings.worker_id, current_run_id=None
             )
@@ -199,7 +185,7 @@ class Worker:
         return registered
 
     def _claim(self) -> queue.Claim | None:
-        with unit_of_work(self.sessions) as session:
+        with unit_of_work(self.database.sessions) as session:
             return queue.claim_next(
                 session=session,
                 worker_id=self.settings.worker_id,
@@ -210,13 +196,18 @@ class Worker:
     def _start_wake_sources(self) -> None:
         if self._wakeup is not None:
             self._spawn(self._relay_pool_wakeups)
-        if self.engine.dialect.name == "postgresql":
+        if self.database.engine.dialect.name == "postgresql":
             self._spawn(self._relay_notifications)
 
-    def _spawn(self, target: Any) -> None:
-        thread = threading.Thread(target=target, daemon=True, name=target.__name__)
-        thread.start()
-        self._threads.append(thread)
+    def _spawn(self, target: Callable[[], None]) -> None:
+        self._threads.append(
+            supervised(
+                target,
+                name=target.__name__,
+                stop=self.stop_requested,
+                restart_delay=self.settings.poll_seconds,
+            )
+        )
 
     def _relay_pool_wakeups(self) -> None:
         # Only an idle worker takes an announcement, so a busy one never swallows it.
@@ -243,31 +234,39 @@ class Worker:
                 self.stop_requested.wait(self.settings.poll_seconds)
 
 
+@dataclass(frozen=True)
+class ExecutionContext:
+    """What one attempt needs from its worker: settings, the database and the stop signal."""
+
+    settings: WorkerSettings
+    database: Database
+    stopping: threading.Event
+
+
 class RunExecution:
     """One attempt at one run: heartbeat, train, record epochs, finish or hand back."""
 
-    def __init__(self, worker: Worker, claim: queue.Claim) -> None:
-        self.worker = worker
+    def __init__(self, context: ExecutionContext, claim: queue.Claim) -> None:
+        self.context = context
         self.claim = claim
-        self.spec = RunSpec.model_validate(claim.spec)
+        self.faults = FaultInjector(
+            context.settings.test_faults.get(claim.run_id), attempt=claim.attempt
+        )
+        self.checkpoint_every = 1
         self.cancel_requested = threading.Event()
         self.fenced = threading.Event()
         self.attention = threading.Event()
         self._heartbeat_done = threading.Event()
-        chaos = self.spec.chaos
-        self.stall_heartbeat = (
-            chaos is not None and claim.attempt <= chaos.stall_heartbeat_on_attempts
-        )
-        self.kill_epoch = (
-            chaos.kill_at_epoch
-            if chaos is not None and claim.attempt <= chaos.kill_on_attempts
-            else None
-        )
 
     def run(self) -> None:
         """Execute the attempt; every exit path leaves the run in a correct state."""
-        heartbeat = threading.Thread(target=self._heartbeat, daemon=True, name="heartbeat")
-        heartbeat.start()
+        settings = self.context.settings
+        heartbeat = supervised(
+            self._heartbeat,
+            name=f"heartbeat-{self.claim.run_id}",
+            stop=self._heartbeat_done,
+            restart_delay=settings.heartbeat_seconds,
+        )
         try:
             self._execute()
         except queue.FencedError:
@@ -279,97 +278,117 @@ class RunExecution:
             # from its last checkpoint.
             logger.exception("run %s: database error; abandoning the attempt", self.claim.run_id)
         except Exception as error:
-            logger.exception("run %s failed unexpectedly", self.claim.run_id)
-            with suppress(queue.FencedError, DBAPIError):
-                self._finish(
-                    RunStatus.FAILED, FailureKind.INTERNAL, f"{type(error).__name__}: {error}"
-                )
+            self._fail(error)
         finally:
             self._heartbeat_done.set()
-            heartbeat.join(timeout=self.worker.settings.heartbeat_seconds + 5)
+            heartbeat.join(timeout=settings.heartbeat_seconds + 5)
+
+    def _fail(self, error: Exception) -> None:
+        kind = failure_kind(error)
+        if kind == FailureKind.INVALID_INPUT:
+            logger.warning("run %s: invalid input: %s", self.claim.run_id, error)
+        else:
+            logger.error("run %s failed (%s)", self.claim.run_id, kind, exc_info=error)
+        with (
+            suppress(queue.FencedError, DBAPIError),
+            unit_of_work(self.context.database.sessions) as session,
+        ):
+            if kind == FailureKind.RESOURCES:
+                status = queue.retry_elsewhere(
+                    session=session, claim=self.claim, failure_kind=kind, error=describe(error)
+                )
+                logger.warning("run %s is %s after a lack of resources", self.claim.run_id, status)
+                return
+            queue.finish(
+                session=session,
+                claim=self.claim,
+                status=RunStatus.FAILED,
+                failure_kind=kind,
+                error=describe(error),
+            )
 
     def _execute(self) -> None:
-        try:
-            device = self._torch_device()
-            # Decoding a stored dataset can take a while: not under SQLite's write lock.
-            with unit_of_work(self.worker.read_sessions) as session:
-                table = load_table(
-                    session=session, dataset=self.spec.dataset, task=self.spec.task or "regression"
-                )
-            trainer = Trainer(spec=self.spec, table=table, device=device)
-        except (ValueError, RuntimeError) as error:
-            self._finish(RunStatus.FAILED, FailureKind.INVALID_INPUT, str(error))
-            return
-        with unit_of_work(self.worker.read_sessions) as session:
-            checkpoint = queue.load_checkpoint(session=session, run_id=self.claim.run_id)
+        spec = self._spec()
+        self.checkpoint_every = spec.checkpoint_every
+        device = self._torch_device(spec)
+        database = self.context.database
+        # Decoding a stored dataset can take a while: not under SQLite's write lock.
+        with unit_of_work(database.read_sessions) as session:
+            table = load_table(session=session, dataset=spec.dataset, task=spec.task)
+            checkpoint = records.load_checkpoint(session=session, run_id=self.claim.run_id)
+        trainer = Trainer(spec=spec, table=table, device=device)
         if checkpoint is not None:
             trainer.restore(checkpoint)
-        with unit_of_work(self.worker.sessions) as session:
-            queue.begin_attempt(
-                session=session,
-                run_id=self.claim.run_id,
-                attempt=self.claim.attempt,
-                resume_epoch=trainer.epochs_done,
+        with unit_of_work(database.sessions) as session:
+            queue.fence(session=session, claim=self.claim, epochs_done=trainer.epochs_done)
+            records.drop_epochs_after(
+                session=session, run_id=self.claim.run_id, epoch=trainer.epochs_done
             )
         self._conclude(trainer.run(self), trainer)
 
-    def _torch_device(self) -> torch.device:
-        requested, own = self.spec.device, self.worker.settings.device
+    def _spec(self) -> RunSpec:
+        try:
+            return RunSpec.model_validate(self.claim.spec)
+        except ValidationError as error:
+            # A stored spec that no longer validates would fail on every attempt.
+            raise InvalidInputError(f"the stored spec is not valid: {error}") from None
+
+    def _torch_device(self, spec: RunSpec) -> torch.device:
+        requested, own = spec.device, self.context.settings.device
         if own.startswith("cuda") and not torch.cuda.is_available():
-            raise ValueError(f"worker device {own} is not available: torch sees no CUDA device")
+            raise InvalidInputError(
+                f"worker device {own} is not available: torch sees no CUDA device"
+            )
         if requested not in queue.servable_requests(own):
-            raise ValueError(f"device {requested!r} was requested but this worker has {own}")
+            raise InvalidInputError(f"device {requested!r} was requested but this worker has {own}")
         return torch.device(own)
 
     def _conclude(self, outcome: Outcome, trainer: Trainer) -> None:
-        run_id, attempt = self.claim.run_id, self.claim.attempt
+        run_id = self.claim.run_id
         if outcome.status == "completed":
             report = outcome.last_report
-            self._finish(
-                RunStatus.SUCCEEDED,
-                metrics=_final_metrics(report) if report else None,
-                estimation_error=estimation_error(trainer),
-                weights=export_weights(trainer.module, trainer.architecture),
-            )
-        elif outcome.status == "diverged":
-            self._finish(RunStatus.FAILED, FailureKind.DIVERGED, outcome.message)
-        elif outcome.status == "timeout":
-            self._finish(RunStatus.FAILED, FailureKind.TIMEOUT, outcome.message)
+            weights = export_weights(trainer.module, trainer.architecture)
+            with unit_of_work(self.context.database.sessions) as session:
+                queue.finish(
+                    session=session,
+                    claim=self.claim,
+                    status=RunStatus.SUCCEEDED,
+                    metrics=_final_metrics(report) if report else None,
+                    estimation_error=estimation_error(trainer),
+                )
+                records.save_weights(session=session, run_id=run_id, weights=weights)
+        elif outcome.status in ("diverged", "timeout"):
+            kind = FailureKind.DIVERGED if outcome.status == "diverged" else FailureKind.TIMEOUT
+            with unit_of_work(self.context.database.sessions) as session:
+                queue.finish(
+                    session=session,
+                    claim=self.claim,
+                    status=RunStatus.FAILED,
+                    failure_kind=kind,
+                    error=outcome.message,
+                )
         elif self.fenced.is_set():
-            logger.warning("run %s attempt %s lost its lease; not writing", run_id, attempt)
+            logger.warning(
+                "run %s attempt %s lost its lease; not writing", run_id, self.claim.attempt
+            )
         else:
             blob = trainer.checkpoint()
-            with unit_of_work(self.worker.sessions) as session:
-                queue.save_checkpoint(session=session, run_id=run_id, attempt=attempt, blob=blob)
+            with unit_of_work(self.context.database.sessions) as session:
+                queue.fence(
+                    session=session, claim=self.claim, epochs_done=blob.state["progress"]["epoch"]
+                )
+                records.save_checkpoint(
+                    session=session, run_id=run_id, attempt=self.claim.attempt, blob=blob
+                )
                 if self.cancel_requested.is_set():
-                    queue.finish(
-                        session=session, run_id=run_id, attempt=attempt, status=RunStatus.CANCELLED
-                    )
+                    queue.finish(session=session, claim=self.claim, status=RunStatus.CANCELLED)
                 else:
-                    queue.hand_back(session=session, run_id=run_id, attempt=attempt)
-
-    def _finish(
-        self,
-        status: RunStatus,
-        failure_kind: FailureKind | None = None,
-        error: str | None = None,
-        **values: Any,
-    ) -> None:
-        with unit_of_work(self.worker.sessions) as session:
-            queue.finish(
-                session=session,
-                run_id=self.claim.run_id,
-                attempt=self.claim.attempt,
-                status=status,
-                failure_kind=failure_kind,
-                error=error,
-                **values,
-            )
+                    queue.hand_back(session=session, claim=self.claim)
 
     def _heartbeat(self) -> None:
-        settings = self.worker.settings
+        settings = self.context.settings
         while not self._heartbeat_done.wait(settings.heartbeat_seconds):
-            if self.stall_heartbeat:
+            if self.faults.stall_heartbeat:
                 continue
             try:
                 if not self._fenced_write(self._renew_lease):
@@ -378,15 +397,12 @@ class RunExecution:
                 logger.warning("heartbeat for run %s failed; retrying", self.claim.run_id)
 
     def _renew_lease(self, session: Session) -> str:
-        settings = self.worker.settings
+        settings = self.context.settings
         queue.worker_heartbeat(
             session=session, worker_id=settings.worker_id, current_run_id=self.claim.run_id
         )
         return queue.renew_lease(
-            session=session,
-            run_id=self.claim.run_id,
-            attempt=self.claim.attempt,
-            lease_seconds=settings.lease_seconds,
+            session=session, claim=self.claim, lease_seconds=settings.lease_seconds
         )
 
     def _fenced_write(self, write: Callable[[Session], str]) -> bool:
@@ -395,7 +411,7 @@ class RunExecution:
         Returns False once this attempt has been fenced off.
         """
         try:
-            with unit_of_work(self.worker.sessions) as session:
+            with unit_of_work(self.context.database.sessions) as session:
                 status = write(session)
         except queue.FencedError:
             self._raise_attention(self.fenced)
@@ -412,34 +428,33 @@ class RunExecution:
 
     def interrupted(self) -> bool:
         """Stop at this batch boundary when cancelled, fenced or shutting down."""
-        return self.attention.is_set() or self.worker.stop_requested.is_set()
+        return self.attention.is_set() or self.context.stopping.is_set()
 
     def before_batch(self, epoch: int, batch: int, n_batches: int) -> None:
-        """Fault injection: die mid-epoch like a machine that lost power."""
-        if self.kill_epoch == epoch and batch == n_batches // 2:
-            logger.warning("chaos: killing worker pid %s in epoch %s", os.getpid(), epoch)
-            os.kill(os.getpid(), signal.SIGKILL)
+        """Where test faults strike."""
+        self.faults.before_batch(epoch, batch, n_batches)
 
     def epoch_finished(self, report: EpochReport, trainer: Trainer) -> None:
         """Write the epoch row, with a checkpoint when one is due, in one transaction."""
-        due = report.epoch % self.spec.checkpoint_every == 0 or report.epoch == self.spec.epochs
-        written = self._fenced_write(
-            lambda session: queue.record_epoch(
+        due = report.epoch % self.checkpoint_every == 0 or report.epoch == trainer.spec.epochs
+        if self._fenced_write(lambda session: self._record_epoch(session, report, trainer, due)):
+            self.faults.after_epoch(self.interrupted)
+
+    def _record_epoch(
+        self, session: Session, report: EpochReport, trainer: Trainer, due: bool
+    ) -> str:
+        status = queue.fence(session=session, claim=self.claim, epochs_done=report.epoch)
+        records.add_epoch(
+            session=session, run_id=self.claim.run_id, attempt=self.claim.attempt, report=report
+        )
+        if due:
+            records.save_checkpoint(
                 session=session,
                 run_id=self.claim.run_id,
                 attempt=self.claim.attempt,
-                report=report,
-                checkpoint=trainer.checkpoint() if due else None,
+                blob=trainer.checkpoint(),
             )
-        )
-        if not written:
-            return
-        if self.spec.chaos is not None and self.spec.chaos.epoch_sleep_seconds:
-            waited_from = time.monotonic()
-            while time.monotonic() - waited_from < self.spec.chaos.epoch_sleep_seconds:
-                if self.interrupted():
-                    return
-                self.attention.wait(0.05)
+        return status
 
 
 def _final_metrics(report: EpochReport) -> dict[str, Any]:

@@ -1,0 +1,63 @@
+"""Registry use cases: each changes names in one unit of work, then announces the generation."""
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from sqlalchemy.orm import Session
+
+from app.database import Database, unit_of_work
+from app.registry import service
+from app.registry.models import ModelVersion
+
+
+def _ignore(_generation: int) -> None:
+    """Nobody in this process caches names."""
+
+
+@dataclass(frozen=True)
+class RegistryEvents:
+    """How the rest of the service reacts to registry changes, wired by the app factory.
+
+    `changed` gets the generation a change committed, so this process's serving caches
+    forget older resolutions at once instead of at the watcher's next poll.
+    """
+
+    changed: Callable[[int], None] = _ignore
+
+
+@contextmanager
+def _change(database: Database, events: RegistryEvents) -> Iterator[Session]:
+    """One unit of work that changes names; announces the generation it committed."""
+    with unit_of_work(database.sessions) as session:
+        yield session
+        generation = service.current_generation(session=session)
+    events.changed(generation)
+
+
+def register_version(
+    *, database: Database, name: str, run_id: int, events: RegistryEvents
+) -> ModelVersion:
+    """Register a succeeded run as the next version of a model."""
+    with _change(database, events) as session:
+        return service.register_version(session=session, name=name, run_id=run_id)
+
+
+def set_alias(
+    *, database: Database, name: str, alias: str, version: int, events: RegistryEvents
+) -> ModelVersion:
+    """Point an alias at a version of a model."""
+    with _change(database, events) as session:
+        return service.set_alias(session=session, name=name, alias=alias, version=version)
+
+
+def delete_alias(*, database: Database, name: str, alias: str, events: RegistryEvents) -> None:
+    """Drop an alias."""
+    with _change(database, events) as session:
+        service.delete_alias(session=session, name=name, alias=alias)
+
+
+def delete_model(*, database: Database, name: str, events: RegistryEvents) -> None:
+    """Forget a model with its versions and aliases."""
+    with _change(database, events) as session:
+        service.delete_model(session=session, name=name)

@@ -1,0 +1,108 @@
+"""Run use cases: submit, cancel, resume, delete. Each commits once, then runs its effects."""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol, cast
+
+from sqlalchemy.orm import Session
+
+from app.config import Settings
+from app.database import Database, unit_of_work
+from app.datasets import service as datasets
+from app.runs import service
+from app.runs.models import Run
+from app.training.spec import DatasetRef, RunRequest, RunSpec, Task, resolve_spec
+
+
+class RunDeletionCheck(Protocol):
+    """Runs inside the deleting transaction; raises to refuse, may write alongside."""
+
+    def __call__(self, *, session: Session, run_id: int) -> None:
+        """Refuse the deletion of the run, or record it."""
+        ...
+
+
+def _nothing() -> None:
+    """No effect."""
+
+
+def _allow(*, session: Session, run_id: int) -> None:
+    """Allow every deletion."""
+
+
+def _forget(_run_id: int) -> None:
+    """Nothing to forget."""
+
+
+@dataclass(frozen=True)
+class RunEvents:
+    """How the rest of the service reacts to runs, wired by the app factory.
+
+    Runs import none of the packages that react: the registry refuses to delete a registered
+    run (`deleting`), serving drops a deleted run's model (`deleted`), and a local worker
+    pool wakes for a queued run (`queued`).
+    """
+
+    queued: Callable[[], None] = _nothing
+    deleting: RunDeletionCheck = _allow
+    deleted: Callable[[int], None] = _forget
+
+
+def resolved_spec(*, session: Session, request: RunRequest) -> tuple[RunSpec, tuple[int, int, int]]:
+    """The request as a spec to train, and the rows, features and outputs it trains on."""
+    ref = request.dataset
+    if not isinstance(ref, DatasetRef):
+        spec = resolve_spec(request)
+        return spec, service.dataset_shape(spec)
+    dataset = datasets.stored_for_run(session=session, ref=ref)
+    spec = resolve_spec(request, dataset_task=cast(Task, dataset.task))
+    return spec, datasets.shape_for_run(dataset=dataset, ref=ref, task=spec.task)
+
+
+def submit_run(
+    *,
+    database: Database,
+    request: RunRequest,
+    settings: Settings,
+    events: RunEvents,
+    idempotency_key: str | None = None,
+) -> tuple[Run, bool]:
+    """Queue a run, or find the one an earlier request with the key queued; wake a worker."""
+    with unit_of_work(database.sessions) as session:
+        spec, shape = resolved_spec(session=session, request=request)
+        service.check_limits(spec=spec, limits=settings.limits, shape=shape)
+        run, created = service.create_run(
+            session=session,
+            spec=spec,
+            default_max_attempts=settings.default_max_attempts,
+            idempotency_key=idempotency_key,
+        )
+    if created:
+        events.queued()
+    return run, created
+
+
+def cancel_run(*, database: Database, run_id: int) -> Run:
+    """Cancel a queued run, or ask a running one to stop at its next batch."""
+    with unit_of_work(database.sessions) as session:
+        return service.cancel_run(session=session, run_id=run_id)
+
+
+def resume_run(
+    *, database: Database, run_id: int, epochs: int | None, settings: Settings, events: RunEvents
+) -> Run:
+    """Queue a cancelled or failed run again from its checkpoint; wake a worker."""
+    with unit_of_work(database.sessions) as session:
+        run = service.resume_run(
+            session=session, run_id=run_id, epochs=epochs, limits=settings.limits
+        )
+    events.queued()
+    return run
+
+
+def delete_run(*, database: Database, run_id: int, events: RunEvents) -> None:
+    """Delete a run that is not executing, unless another part refuses; then let it forget."""
+    with unit_of_work(database.sessions) as session:
+        events.deleting(session=session, run_id=run_id)
+        service.delete_run(session=session, run_id=run_id)
+    events.deleted(run_id)

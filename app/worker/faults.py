@@ -1,0 +1,50 @@
+"""Test-only fault injection: what FITSERVE_TEST_FAULTS asks a worker to do to a run.
+
+Inert unless the variable names the run; the public API knows nothing of it.
+"""
+
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+
+import torch
+
+from app.config import RunFaults
+
+logger = logging.getLogger("fitserve.worker")
+
+
+class FaultInjector:
+    """The faults of one attempt at one run."""
+
+    def __init__(self, faults: RunFaults | None, *, attempt: int) -> None:
+        self._faults = faults or RunFaults()
+        self._attempt = attempt
+
+    @property
+    def stall_heartbeat(self) -> bool:
+        """Whether this attempt stops renewing its lease, like a worker cut off from the DB."""
+        return self._attempt <= self._faults.stall_heartbeat_on_attempts
+
+    def before_batch(self, epoch: int, batch: int, n_batches: int) -> None:
+        """Die, or run out of memory, halfway through the named epoch."""
+        if batch != n_batches // 2:
+            return
+        faults = self._faults
+        if faults.kill_at_epoch == epoch and self._attempt <= faults.kill_on_attempts:
+            logger.warning("test fault: killing worker pid %s in epoch %s", os.getpid(), epoch)
+            os.kill(os.getpid(), signal.SIGKILL)
+        if (
+            faults.out_of_memory_at_epoch == epoch
+            and self._attempt <= faults.out_of_memory_on_attempts
+        ):
+            raise torch.OutOfMemoryError("CUDA out of memory (injected by FITSERVE_TEST_FAULTS)")
+
+    def after_epoch(self, interrupted: Callable[[], bool]) -> None:
+        """Linger after an epoch, to make a run long; returns early once interrupted."""
+        if self._faults.epoch_sleep_seconds:
+            deadline = time.monotonic() + self._faults.epoch_sleep_seconds
+            while not interrupted() and time.monotonic() < deadline:
+                time.sleep(0.05)
