@@ -8,6 +8,9 @@ TORCH_PIN ?= torch==2.13.*
 
 .PHONY: install run test lint clean
 
+# `make test TESTS=tests/unit` runs one tier; empty runs them all.
+TESTS ?=
+
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
@@ -26,7 +29,7 @@ lint: install
 	$(BIN)/ruff format --check .
 
 test: lint
-	$(BIN)/pytest
+	$(BIN)/pytest $(TESTS)
 
 clean:
 	rm -rf $(VENV) fitserve.db fitserve.db-wal fitserve.db-shm

@@ -1,4 +1,5 @@
-"""Fixtures: a real database (SQLite file, or TEST_DATABASE_URL), real worker processes."""
+"""Fixtures shared by the service and acceptance tiers: a real database (a SQLite file, or
+TEST_DATABASE_URL), a real API server and real worker processes."""
 
 import os
 from collections.abc import Iterator
@@ -51,8 +52,9 @@ def settings(database_url: str) -> Settings:
     )
 
 
-@pytest.fixture(autouse=True)
-def _empty_runs(settings: Settings) -> None:
+@pytest.fixture
+def empty_database(settings: Settings) -> None:
+    """Delete every row the tests write, keeping the schema."""
     _execute(
         settings.database_url,
         # Registered versions hold on to their runs; the bump drops cached resolutions.

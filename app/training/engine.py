@@ -256,7 +256,9 @@ def estimation_error(trainer: Trainer) -> dict[str, list[float] | float] | None:
     }
 
 
-class _Uninterrupted:
+class Uninterrupted:
+    """Hooks that never stop training and record nothing: warm-up and training outside a worker."""
+
     def interrupted(self) -> bool:
         """Never stop."""
         return False
@@ -276,5 +278,5 @@ def warm_up(device: torch.device) -> None:
         )
     )
     trainer = Trainer(spec=spec, table=materialize(spec.dataset, "regression"), device=device)
-    trainer.run(_Uninterrupted())
+    trainer.run(Uninterrupted())
     trainer.checkpoint()

@@ -1,0 +1,1 @@
+"""Unit tier: no database, no server, no worker process."""
