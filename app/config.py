@@ -1,8 +1,8 @@
 """The one settings class: every knob is a FITSERVE_* environment variable."""
 
-from typing import Annotated
+from typing import Annotated, Self
 
-from pydantic import AliasChoices, BaseModel, Field, field_validator
+from pydantic import AliasChoices, BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -59,6 +59,11 @@ class Settings(BaseSettings):
     torch_threads: int = Field(default=1, ge=1)
 
     lease_seconds: float = Field(default=30.0, gt=0)
+    sqlite_busy_timeout_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="How long a SQLite write waits for the lock; at most half the lease.",
+    )
     heartbeat_seconds: float = Field(default=5.0, gt=0)
     poll_seconds: float = Field(default=2.0, gt=0)
     shutdown_grace_seconds: float = Field(default=20.0, gt=0)
@@ -96,6 +101,17 @@ class Settings(BaseSettings):
     )
 
     limits: Limits = Field(default_factory=Limits)
+
+    @model_validator(mode="after")
+    def _busy_timeout_below_lease(self) -> Self:
+        # A worker's write that waited out the busy timeout is retried while its lease
+        # holds; one that could wait as long as the lease would cost a healthy attempt.
+        if self.sqlite_busy_timeout_seconds * 2 > self.lease_seconds:
+            raise ValueError(
+                f"sqlite_busy_timeout_seconds ({self.sqlite_busy_timeout_seconds:g}) must be "
+                f"at most half of lease_seconds ({self.lease_seconds:g})"
+            )
+        return self
 
     @field_validator("devices", mode="before")
     @classmethod

@@ -20,7 +20,10 @@ NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
 }
 
-SQLITE_BUSY_TIMEOUT_MS = 30_000
+# How long a SQLite writer waits for the lock before "database is locked". Kept well below
+# the lease (Settings checks it): a write that waits longer is retried by the worker, and a
+# healthy worker must never lose its lease to one long wait.
+DEFAULT_SQLITE_BUSY_TIMEOUT_SECONDS = 5.0
 
 
 class Base(DeclarativeBase):
@@ -53,7 +56,7 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def _configure_sqlite(engine: Engine) -> None:
+def _configure_sqlite(engine: Engine, busy_timeout_ms: int) -> None:
     # pysqlite's own transaction handling would defeat BEGIN IMMEDIATE, so SQLAlchemy
     # emits BEGIN itself; writers take the write lock up front and wait on busy_timeout
     # instead of failing with "database is locked" when upgrading a read lock.
@@ -62,7 +65,7 @@ def _configure_sqlite(engine: Engine) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
@@ -73,16 +76,16 @@ def _configure_sqlite(engine: Engine) -> None:
         connection.exec_driver_sql(f"BEGIN {mode}")
 
 
-def make_engine(database_url: str) -> Engine:
+def make_engine(
+    database_url: str, *, sqlite_busy_timeout: float = DEFAULT_SQLITE_BUSY_TIMEOUT_SECONDS
+) -> Engine:
     """Create an engine for the URL, with SQLite tuned for several processes."""
     for bare in ("postgresql://", "postgres://"):
         if database_url.startswith(bare):
             database_url = "postgresql+psycopg://" + database_url.removeprefix(bare)
     if database_url.startswith("sqlite"):
-        engine = create_engine(
-            database_url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
-        )
-        _configure_sqlite(engine)
+        engine = create_engine(database_url, connect_args={"timeout": sqlite_busy_timeout})
+        _configure_sqlite(engine, round(sqlite_busy_timeout * 1000))
         return engine
     return create_engine(database_url, pool_pre_ping=True, pool_size=10, max_overflow=20)
 
@@ -108,9 +111,14 @@ class Database:
     read_sessions: sessionmaker[Session]
 
     @classmethod
-    def connect(cls, database_url: str) -> "Database":
+    def connect(
+        cls,
+        database_url: str,
+        *,
+        sqlite_busy_timeout: float = DEFAULT_SQLITE_BUSY_TIMEOUT_SECONDS,
+    ) -> "Database":
         """Open an engine for the URL and make both factories on it."""
-        engine = make_engine(database_url)
+        engine = make_engine(database_url, sqlite_busy_timeout=sqlite_busy_timeout)
         return cls(
             engine=engine,
             sessions=make_session_factory(engine),

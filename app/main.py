@@ -54,7 +54,9 @@ def create_app(
 ) -> FastAPI:
     """Build the API around one engine, its caches and the given settings."""
     settings = settings or Settings()
-    database = Database.connect(settings.database_url)
+    database = Database.connect(
+        settings.database_url, sqlite_busy_timeout=settings.sqlite_busy_timeout_seconds
+    )
     app = FastAPI(title="fitserve", version="0.1.0", description=DESCRIPTION, lifespan=_lifespan)
     app.state.settings = settings
     app.state.database = database

@@ -46,6 +46,7 @@ def settings(database_url: str) -> Settings:
         database_url=database_url,
         devices=["cpu"],
         lease_seconds=3.0,
+        sqlite_busy_timeout_seconds=1.0,
         heartbeat_seconds=0.25,
         poll_seconds=0.25,
         shutdown_grace_seconds=15.0,

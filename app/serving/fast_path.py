@@ -27,6 +27,10 @@ class PredictFastPath:
     def __init__(self, app: ASGIApp, *, serving: Serving) -> None:
         self.app = app
         self.serving = serving
+        settings = serving.settings
+        # A body over the service's limit goes on to the app, whose body limit refuses it:
+        # this path answers first, so it must not answer what the app would refuse.
+        self._max_bytes = min(settings.predict_inline_max_bytes, settings.max_body_bytes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST" or not self._small_json(scope):
@@ -62,7 +66,7 @@ class PredictFastPath:
             and content_type.startswith(b"application/json")
             and declared is not None
             and declared.isdigit()
-            and int(declared) <= self.serving.settings.predict_inline_max_bytes
+            and int(declared) <= self._max_bytes
         )
 
     def _answer(self, body: bytes, run_id: int | None) -> bytes | None:

@@ -119,7 +119,10 @@ class WorkerPool:
                 self.slots[index] = self._spawn(slot.device, quick_deaths=slot.quick_deaths)
 
     def _release(self, worker_id: str) -> None:
-        engine = make_engine(self.settings.database_url)
+        engine = make_engine(
+            self.settings.database_url,
+            sqlite_busy_timeout=self.settings.sqlite_busy_timeout_seconds,
+        )
         # Without the database the dead worker's lease simply runs out and is reaped later.
         try:
             with suppress(DBAPIError), unit_of_work(make_session_factory(engine)) as session:

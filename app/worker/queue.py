@@ -3,9 +3,9 @@ worker registry. This module is the only code that moves a run through its queue
 on a worker's behalf.
 
 Every write a worker makes for a run goes through `fence` in the same transaction: it names
-the attempt the worker claimed, and once that attempt is no longer the run's current one
-(its lease expired and another worker claimed the run) it matches no row and raises
-FencedError, so a stale worker can never change the run.
+the attempt the worker claimed, and once that attempt's lease has run out (whether or not
+another worker has claimed the run since) it matches no row and raises FencedError, so a
+stale worker can never change the run.
 
 Workers learn of queued runs from PostgreSQL's NOTIFY, which a trigger on the runs table
 sends whenever a run becomes queued (migration 0004), or from polling.
@@ -85,20 +85,29 @@ def claim_next(
 def fence(*, session: Session, claim: Claim, **values: Any) -> str:
     """Check that the claim still holds the run, setting `values`; returns the run's status.
 
-    Raises FencedError when it does not; call it first in any transaction that writes for
-    the claim, so that nothing else in it commits for a stale attempt.
+    The claim holds the run while its attempt is the run's current one and its lease has
+    not run out, even if no other worker has reaped the run yet. Raises FencedError when it
+    does not; call it first in any transaction that writes for the claim, so that nothing
+    else in it commits for a stale attempt.
     """
     run_id, attempt = claim.run_id, claim.attempt
     status = session.execute(
         update(Run)
-        .where(Run.id == run_id, Run.attempt == attempt, Run.status.in_(ACTIVE_STATUSES))
+        .where(
+            Run.id == run_id,
+            Run.attempt == attempt,
+            Run.status.in_(ACTIVE_STATUSES),
+            Run.lease_expires_at > utcnow(),
+        )
         # With nothing to set, the row is still locked and matched: a pure check.
         .values(**(values or {"attempt": Run.attempt}))
         .returning(Run.status)
         .execution_options(synchronize_session=False)
     ).scalar_one_or_none()
     if status is None:
-        raise FencedError(f"run {run_id} is no longer held by attempt {attempt}")
+        raise FencedError(
+            f"run {run_id} is no longer held by attempt {attempt} (or its lease ran out)"
+        )
     return status
 
 

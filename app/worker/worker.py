@@ -5,17 +5,18 @@ import os
 import signal
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import timedelta
 from types import FrameType
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from pydantic import ValidationError
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from app.config import RunFaults, Settings
@@ -24,7 +25,8 @@ from app.datasets.service import load_table
 from app.errors import InvalidInputError
 from app.runs import records
 from app.runs.models import FailureKind, RunStatus
-from app.training.artifacts import export_weights
+from app.training.artifacts import CheckpointBlob, export_weights
+from app.training.data import Table
 from app.training.engine import EpochReport, Outcome, Trainer, estimation_error, warm_up
 from app.training.spec import RunSpec
 from app.worker import queue
@@ -34,6 +36,9 @@ from app.worker.models import WorkerRecord
 from app.worker.threads import supervised
 
 logger = logging.getLogger("fitserve.worker")
+T = TypeVar("T")
+FIRST_RETRY_DELAY_SECONDS = 0.05
+MAX_RETRY_DELAY_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -43,6 +48,7 @@ class WorkerSettings:
     worker_id: str
     device: str
     database_url: str
+    sqlite_busy_timeout_seconds: float
     lease_seconds: float
     heartbeat_seconds: float
     poll_seconds: float
@@ -56,6 +62,7 @@ class WorkerSettings:
             worker_id=worker_id,
             device=device,
             database_url=settings.database_url,
+            sqlite_busy_timeout_seconds=settings.sqlite_busy_timeout_seconds,
             lease_seconds=settings.lease_seconds,
             heartbeat_seconds=settings.heartbeat_seconds,
             poll_seconds=settings.poll_seconds,
@@ -84,7 +91,9 @@ class Worker:
 
     def __init__(self, settings: WorkerSettings, *, wakeup: Wakeup | None = None) -> None:
         self.settings = settings
-        self.database = Database.connect(settings.database_url)
+        self.database = Database.connect(
+            settings.database_url, sqlite_busy_timeout=settings.sqlite_busy_timeout_seconds
+        )
         self.stop_requested = threading.Event()
         self._wake = threading.Event()
         self._idle = threading.Event()
@@ -257,6 +266,9 @@ class RunExecution:
         self.fenced = threading.Event()
         self.attention = threading.Event()
         self._heartbeat_done = threading.Event()
+        # When this attempt's lease ends at the latest, by this process's clock: the budget
+        # for retrying writes while the database is away.
+        self._lease_deadline = time.monotonic() + context.settings.lease_seconds
 
     def run(self) -> None:
         """Execute the attempt; every exit path leaves the run in a correct state."""
@@ -274,9 +286,11 @@ class RunExecution:
                 "run %s attempt %s was fenced off", self.claim.run_id, self.claim.attempt
             )
         except DBAPIError:
-            # Nothing can be written now; the lease runs out and the run resumes elsewhere
+            # The database stayed away for as long as the lease: the run resumes elsewhere
             # from its last checkpoint.
-            logger.exception("run %s: database error; abandoning the attempt", self.claim.run_id)
+            logger.exception(
+                "run %s: database unreachable; abandoning the attempt", self.claim.run_id
+            )
         except Exception as error:
             self._fail(error)
         finally:
@@ -289,16 +303,12 @@ class RunExecution:
             logger.warning("run %s: invalid input: %s", self.claim.run_id, error)
         else:
             logger.error("run %s failed (%s)", self.claim.run_id, kind, exc_info=error)
-        with (
-            suppress(queue.FencedError, DBAPIError),
-            unit_of_work(self.context.database.sessions) as session,
-        ):
+
+        def record(session: Session) -> str:
             if kind == FailureKind.RESOURCES:
-                status = queue.retry_elsewhere(
+                return queue.retry_elsewhere(
                     session=session, claim=self.claim, failure_kind=kind, error=describe(error)
                 )
-                logger.warning("run %s is %s after a lack of resources", self.claim.run_id, status)
-                return
             queue.finish(
                 session=session,
                 claim=self.claim,
@@ -306,24 +316,59 @@ class RunExecution:
                 failure_kind=kind,
                 error=describe(error),
             )
+            return RunStatus.FAILED
+
+        with suppress(queue.FencedError, DBAPIError):
+            status = self._transaction(record)
+            logger.warning("run %s is %s after a %s failure", self.claim.run_id, status, kind)
+
+    def _transaction(self, work: Callable[[Session], T], *, read: bool = False) -> T:
+        """Run `work` in one transaction; while the database cannot be reached, try again.
+
+        Retries back off for as long as this attempt's lease lasts, so a worker that only
+        lost its connection keeps its attempt. Past that the DBAPIError is raised.
+        """
+        database = self.context.database
+        sessions = database.read_sessions if read else database.sessions
+        delay = FIRST_RETRY_DELAY_SECONDS
+        while True:
+            try:
+                with unit_of_work(sessions) as session:
+                    return work(session)
+            except (OperationalError, InterfaceError) as error:
+                # Lost connections, a server restarting, SQLite's lock: worth waiting out.
+                if time.monotonic() + delay >= self._lease_deadline:
+                    raise
+                logger.warning(
+                    "run %s: database unavailable (%s); retrying in %.2f s",
+                    self.claim.run_id,
+                    type(error.orig).__name__,
+                    delay,
+                )
+                time.sleep(delay)
+                delay = min(delay * 2, MAX_RETRY_DELAY_SECONDS)
 
     def _execute(self) -> None:
         spec = self._spec()
         self.checkpoint_every = spec.checkpoint_every
         device = self._torch_device(spec)
-        database = self.context.database
-        # Decoding a stored dataset can take a while: not under SQLite's write lock.
-        with unit_of_work(database.read_sessions) as session:
+        run_id = self.claim.run_id
+
+        def read(session: Session) -> tuple[Table, CheckpointBlob | None]:
             table = load_table(session=session, dataset=spec.dataset, task=spec.task)
-            checkpoint = records.load_checkpoint(session=session, run_id=self.claim.run_id)
+            return table, records.load_checkpoint(session=session, run_id=run_id)
+
+        # Decoding a stored dataset can take a while: not under SQLite's write lock.
+        table, checkpoint = self._transaction(read, read=True)
         trainer = Trainer(spec=spec, table=table, device=device)
         if checkpoint is not None:
             trainer.restore(checkpoint)
-        with unit_of_work(database.sessions) as session:
+
+        def begin(session: Session) -> None:
             queue.fence(session=session, claim=self.claim, epochs_done=trainer.epochs_done)
-            records.drop_epochs_after(
-                session=session, run_id=self.claim.run_id, epoch=trainer.epochs_done
-            )
+            records.drop_epochs_after(session=session, run_id=run_id, epoch=trainer.epochs_done)
+
+        self._transaction(begin)
         self._conclude(trainer.run(self), trainer)
 
     def _spec(self) -> RunSpec:
@@ -348,32 +393,39 @@ class RunExecution:
         if outcome.status == "completed":
             report = outcome.last_report
             weights = export_weights(trainer.module, trainer.architecture)
-            with unit_of_work(self.context.database.sessions) as session:
+            metrics = _final_metrics(report) if report else None
+            errors = estimation_error(trainer)
+
+            def succeed(session: Session) -> None:
                 queue.finish(
                     session=session,
                     claim=self.claim,
                     status=RunStatus.SUCCEEDED,
-                    metrics=_final_metrics(report) if report else None,
-                    estimation_error=estimation_error(trainer),
+                    metrics=metrics,
+                    estimation_error=errors,
                 )
                 records.save_weights(session=session, run_id=run_id, weights=weights)
+
+            self._transaction(succeed)
         elif outcome.status in ("diverged", "timeout"):
             kind = FailureKind.DIVERGED if outcome.status == "diverged" else FailureKind.TIMEOUT
-            with unit_of_work(self.context.database.sessions) as session:
-                queue.finish(
+            self._transaction(
+                lambda session: queue.finish(
                     session=session,
                     claim=self.claim,
                     status=RunStatus.FAILED,
                     failure_kind=kind,
                     error=outcome.message,
                 )
+            )
         elif self.fenced.is_set():
             logger.warning(
                 "run %s attempt %s lost its lease; not writing", run_id, self.claim.attempt
             )
         else:
             blob = trainer.checkpoint()
-            with unit_of_work(self.context.database.sessions) as session:
+
+            def stop(session: Session) -> None:
                 queue.fence(
                     session=session, claim=self.claim, epochs_done=blob.state["progress"]["epoch"]
                 )
@@ -385,16 +437,26 @@ class RunExecution:
                 else:
                     queue.hand_back(session=session, claim=self.claim)
 
+            self._transaction(stop)
+
     def _heartbeat(self) -> None:
         settings = self.context.settings
         while not self._heartbeat_done.wait(settings.heartbeat_seconds):
             if self.faults.stall_heartbeat:
                 continue
+            started = time.monotonic()
             try:
-                if not self._fenced_write(self._renew_lease):
-                    return
+                # One try per beat: the next beat is the retry.
+                with unit_of_work(self.context.database.sessions) as session:
+                    status = self._renew_lease(session)
+            except queue.FencedError:
+                self._raise_attention(self.fenced)
+                return
             except SQLAlchemyError:
                 logger.warning("heartbeat for run %s failed; retrying", self.claim.run_id)
+                continue
+            self._lease_deadline = started + settings.lease_seconds
+            self._note(status)
 
     def _renew_lease(self, session: Session) -> str:
         settings = self.context.settings
@@ -405,20 +467,10 @@ class RunExecution:
             session=session, claim=self.claim, lease_seconds=settings.lease_seconds
         )
 
-    def _fenced_write(self, write: Callable[[Session], str]) -> bool:
-        """Run a write that returns the run's status; note a fence or a cancel request.
-
-        Returns False once this attempt has been fenced off.
-        """
-        try:
-            with unit_of_work(self.context.database.sessions) as session:
-                status = write(session)
-        except queue.FencedError:
-            self._raise_attention(self.fenced)
-            return False
+    def _note(self, status: str) -> None:
+        """Stop at the next batch when the run is being cancelled."""
         if status == RunStatus.CANCELLING:
             self._raise_attention(self.cancel_requested)
-        return True
 
     def _raise_attention(self, flag: threading.Event) -> None:
         flag.set()
@@ -437,8 +489,15 @@ class RunExecution:
     def epoch_finished(self, report: EpochReport, trainer: Trainer) -> None:
         """Write the epoch row, with a checkpoint when one is due, in one transaction."""
         due = report.epoch % self.checkpoint_every == 0 or report.epoch == trainer.spec.epochs
-        if self._fenced_write(lambda session: self._record_epoch(session, report, trainer, due)):
-            self.faults.after_epoch(self.interrupted)
+        try:
+            status = self._transaction(
+                lambda session: self._record_epoch(session, report, trainer, due)
+            )
+        except queue.FencedError:
+            self._raise_attention(self.fenced)
+            return
+        self._note(status)
+        self.faults.after_epoch(self.interrupted)
 
     def _record_epoch(
         self, session: Session, report: EpochReport, trainer: Trainer, due: bool

@@ -10,11 +10,13 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import text
 
 from app.config import Settings
 from app.database import make_engine, make_session_factory, unit_of_work
@@ -47,6 +49,7 @@ class WorkerCommand:
             "FITSERVE_DATABASE_URL": self.settings.database_url,
             "FITSERVE_DEVICES": ",".join(["cpu"] * slots),
             "FITSERVE_LEASE_SECONDS": str(self.settings.lease_seconds),
+            "FITSERVE_SQLITE_BUSY_TIMEOUT_SECONDS": str(self.settings.sqlite_busy_timeout_seconds),
             "FITSERVE_HEARTBEAT_SECONDS": str(self.settings.heartbeat_seconds),
             "FITSERVE_POLL_SECONDS": str(self.settings.poll_seconds),
             "FITSERVE_LOG_LEVEL": "WARNING",
@@ -101,6 +104,62 @@ def test_kill_9_mid_epoch_resumes_from_the_checkpoint_with_identical_weights(
     assert weights_sha(client, run["id"]) == weights_sha(client, reference["id"])
     # The killed worker stopped heartbeating and is no longer listed.
     assert [worker["id"] for worker in client.get("/workers").json()] == [second.worker_id]
+
+
+def test_resume_redoes_the_epochs_past_a_lagging_checkpoint(
+    client: httpx.Client, workers: LocalWorkers
+):
+    # Checkpoints every 2 epochs: the worker dies in epoch 4 with rows for epochs 1-3 but
+    # a checkpoint from epoch 2, so the next attempt must drop epoch 3's row and redo it.
+    reference = post_run(client, long_spec(epochs=5, checkpoint_every=2))
+    lagging = post_run(client, long_spec(epochs=5, checkpoint_every=2))
+    first = workers.start(faults={lagging["id"]: {"kill_at_epoch": 4}})
+    wait_for(client, reference["id"])
+    wait_until(lambda: first.process.exitcode is not None, message="worker killed itself")
+    workers.start()
+    run = wait_for(client, lagging["id"])
+    assert run["status"] == "succeeded", run
+    rows = assert_epochs_once(client, run["id"], 5)
+    assert [row["attempt"] for row in rows] == [1, 1, 2, 2, 2]
+    assert weights_sha(client, run["id"]) == weights_sha(client, reference["id"])
+
+
+def _interrupt_the_database(database_url: str) -> None:
+    """Take the database away from the workers for a while, without killing anyone."""
+    engine = make_engine(database_url)
+    try:
+        if engine.dialect.name == "postgresql":
+            # Every other connection dies at once, as in a failover or a server restart.
+            with engine.connect() as connection:
+                connection.execute(
+                    text(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                    )
+                )
+            return
+        # SQLite: hold the write lock for twice the busy timeout (and less than the lease),
+        # so the worker's heartbeats and its epoch write fail with "database is locked".
+        with engine.begin() as connection:
+            connection.execute(text("UPDATE registry_state SET generation = generation"))
+            time.sleep(2.0)
+    finally:
+        engine.dispose()
+
+
+def test_a_database_outage_mid_run_costs_no_attempt(
+    client: httpx.Client, workers: LocalWorkers, settings: Settings
+):
+    assert settings.sqlite_busy_timeout_seconds * 2 < settings.lease_seconds
+    run = post_run(client, long_spec(epochs=4))
+    workers.start(faults={run["id"]: {"epoch_sleep_seconds": 0.3}})
+    wait_until(lambda: client.get(f"/runs/{run['id']}").json()["progress"]["epoch"] >= 1)
+    _interrupt_the_database(settings.database_url)
+    finished = wait_for(client, run["id"])
+    assert finished["status"] == "succeeded", finished
+    # The worker kept its lease through the outage: the run never changed hands.
+    assert (finished["attempt"], finished["lost_attempts"]) == (1, 0)
+    assert {row["attempt"] for row in assert_epochs_once(client, run["id"], 4)} == {1}
 
 
 def test_stale_worker_is_fenced_and_cannot_change_the_run(

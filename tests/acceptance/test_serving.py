@@ -1,5 +1,6 @@
 """The predict path end to end: zero queries after warm-up, two API processes, CSV, batches."""
 
+import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -183,3 +184,33 @@ def test_warm_answers_match_the_apps_and_errors_still_come_from_the_app(
         "/predict", content=b'{"run_id": 1', headers={"content-type": "application/json"}
     )
     assert malformed.status_code == 422
+
+
+def test_the_body_limit_holds_on_the_fast_path_too(
+    client: httpx.Client, workers: LocalWorkers, settings: Settings
+):
+    # The limit is below the fast path's inline size, so a warm model's predict of a body
+    # between the two would be answered before the app's body limit could refuse it.
+    limited = settings.model_copy(update={"max_body_bytes": 1000})
+    assert limited.predict_inline_max_bytes > limited.max_body_bytes
+    workers.start()
+    run = wait_for(client, post_run(client, D2L_SPEC)["id"])
+    small = {"run_id": run["id"], "inputs": [[1, 1]]}
+    big = json.dumps({"run_id": run["id"], "inputs": [[1.25, -0.5]] * 200}).encode()
+    assert 1000 < len(big) < limited.predict_inline_max_bytes
+    with ApiServer(create_app(limited)) as server, httpx.Client(base_url=server.url) as http:
+        assert http.post("/predict", json=small).status_code == 200
+        assert server.app.state.serving.models.get(run["id"]) is not None  # warm now
+        assert http.post("/predict", json=small).status_code == 200
+        headers = {"content-type": "application/json"}
+        for path in ("/predict", f"/runs/{run['id']}/predict"):
+            declared = http.post(path, content=big, headers=headers)
+            assert declared.status_code == 413, (path, declared.text)
+
+            def chunks(body: bytes = big) -> Iterator[bytes]:
+                for start in range(0, len(body), 256):
+                    yield body[start : start + 256]
+
+            streamed = http.post(path, content=chunks(), headers=headers)
+            assert streamed.status_code == 413, (path, streamed.text)
+            assert "limit of 1000 bytes" in streamed.json()["detail"]
