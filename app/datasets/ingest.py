@@ -88,9 +88,23 @@ def ingest_file(stream: BinaryIO, *, options: IngestOptions, limits: Limits) -> 
 
 
 def ingest_columns(
-    columns: dict[str, list[Any]], *, options: IngestOptions, limits: Limits
+    columns: dict[str, list[Any]],
+    *,
+    options: IngestOptions,
+    limits: Limits,
+    sent_as: Literal["columns", "records"] = "columns",
 ) -> Ingested:
-    """Build a dataset from JSON columns (every list one column, all the same length)."""
+    """Build a dataset from JSON columns (every list one column, all the same length).
+
+    `sent_as` says how the body carried them, so an error names the place the client wrote:
+    `columns.NAME`, or `records.ROW.NAME` for columns made from records.
+    """
+
+    def loc(name: str, index: int | None = None) -> Loc:
+        if sent_as == "columns":
+            return ("columns", name)
+        return ("records",) if index is None else ("records", index, name)
+
     _check_names(list(columns), options, limits)
     lengths = {name: len(values) for name, values in columns.items()}
     first = next(iter(columns))
@@ -105,13 +119,13 @@ def ingest_columns(
     for name in _selected(list(columns), options):
         values = columns[name]
         if name == options.target:
-            arrays[name] = _json_target(name, values)
+            arrays[name] = _json_target(name, values, loc)
             continue
         for index, value in enumerate(values):
             if value is not None and not _is_json_number(value):
-                raise _not_a_number(name, index, value, loc=("columns", name))
+                raise _not_a_number(name, index, value, loc=loc(name, index))
         # from_pandas: a NaN is a missing value here, as in CSV and Parquet.
-        arrays[name] = _arrow_array(name, values, type=FEATURE_TYPE, from_pandas=True)
+        arrays[name] = _arrow_array(name, values, loc(name), type=FEATURE_TYPE, from_pandas=True)
     return _finish(pa.table(arrays), "json", options, limits)
 
 
@@ -148,25 +162,23 @@ def from_ipc(data: bytes) -> pa.Table:
     return ipc.open_stream(pa.py_buffer(data)).read_all()
 
 
-def _json_target(name: str, values: list[Any]) -> pa.Array:
+def _json_target(name: str, values: list[Any], loc: Callable[..., Loc]) -> pa.Array:
     kinds = {type(value) for value in values if value is not None}
     if str in kinds and kinds != {str}:
         index = next(i for i, value in enumerate(values) if not isinstance(value, str | None))
         raise DatasetInputError(
-            ("columns", name),
+            loc(name, index),
             f"target column {name!r} mixes strings and numbers (row {index + 1}); "
             "use one kind of label",
         )
-    return _arrow_array(name, values)
+    return _arrow_array(name, values, loc(name))
 
 
-def _arrow_array(name: str, values: list[Any], **options: Any) -> pa.Array:
+def _arrow_array(name: str, values: list[Any], loc: Loc, **options: Any) -> pa.Array:
     try:
         return pa.array(values, **options)
     except (pa.ArrowException, OverflowError) as error:
-        raise DatasetInputError(
-            ("columns", name), f"column {name!r} cannot be stored: {error}"
-        ) from None
+        raise DatasetInputError(loc, f"column {name!r} cannot be stored: {error}") from None
 
 
 def _selected(names: list[str], options: IngestOptions) -> list[str]:

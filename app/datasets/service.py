@@ -178,7 +178,12 @@ def store_json(
         size_bytes=len(canonical),
         name=name,
         options=options,
-        ingest=lambda: ingest_columns(data, options=options, limits=limits),
+        ingest=lambda: ingest_columns(
+            data,
+            options=options,
+            limits=limits,
+            sent_as="columns" if columns is not None else "records",
+        ),
     )
 
 

@@ -298,7 +298,8 @@ def resolve(*, session: Session, ref: ModelRef) -> Resolution:
 
 
 def release_run(*, session: Session, run_id: int) -> None:
-    """Refuse to delete a run that is a registered version; else announce its deletion.
+    """Refuse to delete a run that is a registered version; else bump the generation, so
+    every API process drops the run's cached model.
 
     Wired as the runs' deletion check, inside the deleting transaction.
     """

@@ -3,12 +3,14 @@
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, exists, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.config import Limits
 from app.database import utcnow
+from app.datasets.ingest import DatasetInputError
+from app.datasets.models import Dataset
 from app.errors import ConflictError, LimitExceededError, Loc, NotFoundError
 from app.pagination import newest_first
 from app.runs.models import Epoch, Run, RunStatus, Weights
@@ -46,8 +48,6 @@ def dataset_shape(spec: RunSpec) -> tuple[int, int, int]:
     """Rows, features and outputs a generated or inline dataset will have."""
     dataset = spec.dataset
     match dataset:
-        case DatasetRef():
-            raise TypeError("a stored dataset's shape comes from the datasets service")
         case SyntheticLinearDataset():
             return dataset.n_samples, len(dataset.true_w), 1
         case SyntheticClassificationDataset():
@@ -57,7 +57,8 @@ def dataset_shape(spec: RunSpec) -> tuple[int, int, int]:
                 len(label_order(list(dataset.targets))) if spec.task == "classification" else 1
             )
             return len(dataset.features), len(dataset.features[0]), outputs
-    raise TypeError(f"unknown dataset type {type(dataset).__name__}")
+    # A stored dataset's shape comes from the datasets service.
+    raise TypeError(f"no shape for a {type(dataset).__name__} here")
 
 
 def check_limits(*, spec: RunSpec, limits: Limits, shape: tuple[int, int, int]) -> None:
@@ -161,11 +162,20 @@ def create_run(
         with session.begin_nested():
             session.add(run)
     except IntegrityError:
-        # A concurrent request with the same key won the race; answer with its run.
-        existing = _by_idempotency_key(session, idempotency_key or "", stored_spec)
-        if existing is None:
-            raise
-        return existing, False
+        # A concurrent request with the same key won the race: answer with its run.
+        if idempotency_key is not None:
+            existing = _by_idempotency_key(session, idempotency_key, stored_spec)
+            if existing is not None:
+                return existing, False
+        # Or the stored dataset was deleted since it was checked (its foreign key failed).
+        dataset_id = run.dataset_id
+        if dataset_id is not None and not session.scalar(
+            select(exists().where(Dataset.id == dataset_id))
+        ):
+            raise DatasetInputError(
+                ("dataset", "id"), f"dataset {dataset_id} was deleted while the run was queued"
+            ) from None
+        raise
     return run, True
 
 

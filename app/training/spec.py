@@ -233,7 +233,11 @@ class RunRequest(StrictModel):
         None, gt=0, description="Fail with `timeout` once training has taken this long."
     )
     max_attempts: int | None = Field(
-        None, ge=1, le=20, description="Worker losses tolerated before the run fails."
+        None,
+        ge=1,
+        le=20,
+        description="Attempts that may be lost (a dead worker, an expired lease, no memory) "
+        "before the run fails.",
     )
 
 
@@ -271,6 +275,14 @@ class RunSpec(RunRequest):
         return self
 
 
+class SpecConsistencyError(InvalidInputError):
+    """Fields that are valid alone do not fit together (a loss for another task)."""
+
+    # The type pydantic gives a model validator's error, as these were before resolution
+    # moved out of request validation.
+    type = "value_error"
+
+
 def resolve_spec(request: RunRequest, *, dataset_task: Task | None = None) -> RunSpec:
     """The spec to train: the task named, else implied by the loss, else the dataset's.
 
@@ -291,4 +303,4 @@ def resolve_spec(request: RunRequest, *, dataset_task: Task | None = None) -> Ru
         return RunSpec(**{**dict(request), "task": task, "loss": loss})
     except ValidationError as error:
         first = error.errors(include_url=False)[0]
-        raise InvalidInputError(first["msg"], loc=("body", *first["loc"])) from None
+        raise SpecConsistencyError(first["msg"], loc=("body", *first["loc"])) from None

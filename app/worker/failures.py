@@ -15,6 +15,15 @@ RESOURCE_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+class DeviceUnavailableError(ResourceError):
+    """The worker's own device cannot be used."""
+
+
+# After one of these the device itself is suspect: the worker stops so that its pool starts
+# a fresh process (a fresh CUDA context) instead of failing every run it claims.
+DEVICE_ERRORS: tuple[type[BaseException], ...] = (DeviceUnavailableError, torch.AcceleratorError)
+
+
 def failure_kind(error: BaseException) -> FailureKind:
     """The failure kind an error stands for."""
     if isinstance(error, InvalidInputError):

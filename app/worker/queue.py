@@ -166,17 +166,23 @@ def retry_elsewhere(
 
     Returns the run's new status.
     """
-    now = utcnow()
+    now = literal(utcnow(), UTCDateTime)
+    cancelling = Run.status == RunStatus.CANCELLING
     exhausted = Run.lost_attempts + 1 >= Run.max_attempts
+    # A run being cancelled ends cancelled, as hand_back and the reaper end it.
     return fence(
         session=session,
         claim=claim,
-        status=case((exhausted, RunStatus.FAILED), else_=RunStatus.QUEUED),
+        status=case(
+            (cancelling, RunStatus.CANCELLED),
+            (exhausted, RunStatus.FAILED),
+            else_=RunStatus.QUEUED,
+        ),
         lost_attempts=Run.lost_attempts + 1,
-        failure_kind=case((exhausted, failure_kind.value), else_=None),
-        error=error,
-        finished_at=case((exhausted, literal(now, UTCDateTime)), else_=None),
-        queued_at=case((exhausted, Run.queued_at), else_=literal(now, UTCDateTime)),
+        failure_kind=case((cancelling, None), (exhausted, failure_kind.value), else_=None),
+        error=case((cancelling, None), else_=error),
+        finished_at=case((cancelling | exhausted, now), else_=None),
+        queued_at=case((cancelling | exhausted, Run.queued_at), else_=now),
         worker_id=None,
         lease_expires_at=None,
     )

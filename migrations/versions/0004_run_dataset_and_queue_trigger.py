@@ -59,7 +59,9 @@ def upgrade() -> None:
               )
             """
         )
-        op.execute("UPDATE runs SET spec = (spec::jsonb - 'chaos')::json")
+        op.execute(
+            "UPDATE runs SET spec = (spec::jsonb - 'chaos')::json WHERE spec::jsonb ? 'chaos'"
+        )
         op.execute(NOTIFY_FUNCTION)
         op.execute(NOTIFY_TRIGGER)
     else:
@@ -72,7 +74,10 @@ def upgrade() -> None:
               )
             """
         )
-        op.execute("UPDATE runs SET spec = json_remove(spec, '$.chaos')")
+        op.execute(
+            "UPDATE runs SET spec = json_remove(spec, '$.chaos') "
+            "WHERE json_type(spec, '$.chaos') IS NOT NULL"
+        )
 
 
 def downgrade() -> None:

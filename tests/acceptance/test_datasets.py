@@ -156,6 +156,17 @@ def test_json_upload_as_records_and_as_columns(client: httpx.Client):
     bad = client.post("/datasets", json={"target": "y", "records": [{"x": "a", "y": 1}]})
     assert bad.status_code == 422
     assert "column 'x', row 1: 'a' is not a number" in bad.json()["detail"][0]["msg"]
+    # Each error names the place the client wrote, in the shape it sent.
+    assert bad.json()["detail"][0]["loc"] == ["body", "records", 0, "x"]
+    mixed = client.post(
+        "/datasets", json={"target": "y", "records": [{"x": 1, "y": 1}, {"x": 2, "y": "b"}]}
+    )
+    assert mixed.json()["detail"][0]["loc"] == ["body", "records", 0, "y"]
+    bad_column = client.post(
+        "/datasets", json={"target": "y", "columns": {"x": [1, "a"], "y": [1, 2]}}
+    )
+    assert bad_column.json()["detail"][0]["loc"] == ["body", "columns", "x"]
+    assert bad_column.json()["detail"][0]["type"] == "invalid_dataset"
     neither = client.post("/datasets", json={"target": "y"})
     assert neither.status_code == 422
     assert "exactly one of records or columns" in neither.json()["detail"][0]["msg"]

@@ -61,7 +61,7 @@ def test_only_succeeded_runs_with_weights_can_be_registered(
     assert (latest.value.status, latest.value.loc) == (422, ("path", "alias"))
 
 
-def test_a_registered_run_refuses_deletion_and_an_unregistered_one_is_announced(
+def test_a_registered_run_refuses_deletion_and_an_unregistered_one_bumps_the_generation(
     session: Session, succeeded_run: SuccessfulRun
 ):
     kept, free = succeeded_run(), succeeded_run(seed=2)

@@ -5,11 +5,13 @@ import threading
 
 import pytest
 import torch
+from pydantic import ValidationError
 
+from app.config import Settings
 from app.datasets.ingest import DatasetInputError
 from app.errors import InvalidInputError, ResourceError
 from app.runs.models import FailureKind
-from app.worker.failures import describe, failure_kind
+from app.worker.failures import DeviceUnavailableError, describe, failure_kind
 from app.worker.threads import supervised
 
 
@@ -22,6 +24,7 @@ from app.worker.threads import supervised
         (torch.AcceleratorError("CUDA error: an illegal memory access"), "resources"),
         (MemoryError(), "resources"),
         (ResourceError("device lost"), "resources"),
+        (DeviceUnavailableError("torch sees no CUDA device"), "resources"),
         (RuntimeError("mat1 and mat2 shapes cannot be multiplied"), "internal"),
         (ValueError("something fitserve got wrong"), "internal"),
     ],
@@ -73,3 +76,9 @@ def test_a_supervised_thread_stops_restarting_once_asked_to_stop():
     thread = supervised(body, name="stopping", stop=stop, restart_delay=0.01)
     thread.join(5)
     assert calls == [1]
+
+
+def test_a_misspelt_fault_is_refused_rather_than_injecting_nothing():
+    with pytest.raises(ValidationError, match="kill_at_epoc"):
+        Settings(test_faults={"3": {"kill_at_epoc": 2}})
+    assert Settings(test_faults={"3": {"kill_at_epoch": 2}}).test_faults[3].kill_at_epoch == 2
