@@ -2,7 +2,14 @@
 
 from typing import Annotated, Self
 
-from pydantic import AliasChoices, BaseModel, Field, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -26,6 +33,9 @@ class Limits(BaseModel):
 class RunFaults(BaseModel):
     """Faults a worker injects into one run, for fitserve's own reliability tests."""
 
+    # A misspelt fault must not quietly inject nothing.
+    model_config = ConfigDict(extra="forbid")
+
     kill_at_epoch: int | None = Field(None, ge=1, description="SIGKILL halfway through it.")
     kill_on_attempts: int = Field(1, ge=0, description="Kill only on the first N attempts.")
     stall_heartbeat_on_attempts: int = Field(
@@ -36,6 +46,14 @@ class RunFaults(BaseModel):
         None, ge=1, description="Raise torch's out-of-memory error in this epoch."
     )
     out_of_memory_on_attempts: int = Field(1, ge=0, description="Only on the first N attempts.")
+    pause_after_epoch: int | None = Field(
+        None,
+        ge=1,
+        description="On the first attempt, once this epoch is written, create "
+        "`<pause_dir>/paused` and wait until `<pause_dir>/resume` exists or the attempt is "
+        "interrupted: a test acts on a worker stopped at a known point instead of racing it.",
+    )
+    pause_dir: str | None = Field(None, description="Where the pause files are.")
 
 
 class Settings(BaseSettings):

@@ -7,6 +7,7 @@ import threading
 import time
 from dataclasses import dataclass
 from multiprocessing.context import SpawnProcess
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -99,9 +100,17 @@ class LocalWorkers:
         self.handles: list[WorkerHandle] = []
 
     def start(
-        self, device: str = "cpu", faults: dict[int, dict[str, Any]] | None = None, **overrides: Any
+        self,
+        device: str = "cpu",
+        faults: dict[int, dict[str, Any]] | None = None,
+        pool_wakeup: bool = True,
+        **overrides: Any,
     ) -> WorkerHandle:
-        """Start a worker; `faults` by run id are injected, overrides change its settings."""
+        """Start a worker; `faults` by run id are injected, overrides change its settings.
+
+        Without `pool_wakeup` the worker does not share the API's wake-up semaphore, as a
+        worker on another machine would not.
+        """
         if faults:
             overrides["test_faults"] = {
                 run_id: RunFaults.model_validate(fault) for run_id, fault in faults.items()
@@ -109,7 +118,9 @@ class LocalWorkers:
         settings = self.settings.model_copy(update=overrides)
         worker_id = new_worker_id(device)
         process = SPAWN.Process(
-            target=run_worker, args=(settings, worker_id, device, self.semaphore), daemon=True
+            target=run_worker,
+            args=(settings, worker_id, device, self.semaphore if pool_wakeup else None),
+            daemon=True,
         )
         process.start()
         handle = WorkerHandle(worker_id, process)
@@ -126,6 +137,29 @@ class LocalWorkers:
             if handle.process.is_alive():
                 handle.process.kill()
                 handle.process.join()
+
+
+class Pause:
+    """A worker stopped after a given epoch of a run's first attempt (a test fault).
+
+    It waits there until `release`, or until its attempt is interrupted (stopped,
+    cancelled, fenced): the test acts on a worker at a known point instead of racing it.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def after_epoch(self, epoch: int) -> dict[str, Any]:
+        """The faults that pause there."""
+        return {"pause_after_epoch": epoch, "pause_dir": str(self.folder)}
+
+    def wait(self) -> None:
+        """Return once the worker has paused."""
+        wait_until(lambda: (self.folder / "paused").exists(), message="the worker paused")
+
+    def release(self) -> None:
+        """Let the worker go on."""
+        (self.folder / "resume").touch()
 
 
 def wait_for(

@@ -4,6 +4,7 @@ import math
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -101,8 +102,12 @@ class NameCache:
     predict path read the database but never makes it serve an old resolution.
     """
 
-    def __init__(self, *, max_staleness: float) -> None:
+    def __init__(
+        self, *, max_staleness: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.max_staleness = max_staleness
+        # The readers' `read_at` times come from the same clock (tests pass their own).
+        self._clock = clock
         self.generation = -1
         self._confirmed_at = -math.inf
         self._entries: dict[ModelRef, Resolution] = {}
@@ -110,7 +115,7 @@ class NameCache:
 
     def get(self, ref: ModelRef) -> Resolution | None:
         """The cached resolution of the reference, if any and confirmed recently enough."""
-        if time.monotonic() - self._confirmed_at > self.max_staleness:
+        if self._clock() - self._confirmed_at > self.max_staleness:
             return None
         return self._entries.get(ref)
 

@@ -8,6 +8,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -42,8 +43,15 @@ class FaultInjector:
         ):
             raise torch.OutOfMemoryError("CUDA out of memory (injected by FITSERVE_TEST_FAULTS)")
 
-    def after_epoch(self, interrupted: Callable[[], bool]) -> None:
-        """Linger after an epoch, to make a run long; returns early once interrupted."""
+    def after_epoch(self, epoch: int, interrupted: Callable[[], bool]) -> None:
+        """Pause at a named point until the test says so; or linger, to make a run long."""
+        faults = self._faults
+        if faults.pause_after_epoch == epoch and faults.pause_dir and self._attempt == 1:
+            folder = Path(faults.pause_dir)
+            (folder / "paused").touch()
+            # A stop, a cancel or a fence ends the pause as it would end training.
+            while not (folder / "resume").exists() and not interrupted():
+                time.sleep(0.01)
         if self._faults.epoch_sleep_seconds:
             deadline = time.monotonic() + self._faults.epoch_sleep_seconds
             while not interrupted() and time.monotonic() < deadline:

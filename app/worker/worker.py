@@ -30,7 +30,12 @@ from app.training.data import Table
 from app.training.engine import EpochReport, Outcome, Trainer, estimation_error, warm_up
 from app.training.spec import RunSpec
 from app.worker import queue
-from app.worker.failures import describe, failure_kind
+from app.worker.failures import (
+    DEVICE_ERRORS,
+    DeviceUnavailableError,
+    describe,
+    failure_kind,
+)
 from app.worker.faults import FaultInjector
 from app.worker.models import WorkerRecord
 from app.worker.threads import supervised
@@ -144,7 +149,7 @@ class Worker:
                     self.stop_requested.wait(self.settings.poll_seconds)
                     continue
                 if claim is not None:
-                    RunExecution(self._context(), claim).run()
+                    self._after(RunExecution(self._context(), claim).run())
                     continue
                 self._idle.set()
                 self._wake.wait(self.settings.poll_seconds)
@@ -158,6 +163,24 @@ class Worker:
             for thread in self._threads:
                 thread.join(timeout=2)
             self.database.dispose()
+
+    def _after(self, error: Exception | None) -> None:
+        """Step aside after an attempt that failed for the machine's sake."""
+        if error is None or failure_kind(error) != FailureKind.RESOURCES:
+            return
+        if self._wakeup is not None:
+            # A sibling in this pool takes the run again (others hear NOTIFY, or poll).
+            self._wakeup.notify()
+        if isinstance(error, DEVICE_ERRORS):
+            logger.error(
+                "worker %s: device %s failed; stopping so a fresh process replaces this one",
+                self.settings.worker_id,
+                self.settings.device,
+            )
+            self.request_stop()
+            return
+        # Out of memory: leave the retry to another worker if one is free.
+        self.stop_requested.wait(self.settings.poll_seconds)
 
     def _context(self) -> "ExecutionContext":
         return ExecutionContext(
@@ -270,8 +293,11 @@ class RunExecution:
         # for retrying writes while the database is away.
         self._lease_deadline = time.monotonic() + context.settings.lease_seconds
 
-    def run(self) -> None:
-        """Execute the attempt; every exit path leaves the run in a correct state."""
+    def run(self) -> Exception | None:
+        """Execute the attempt; every exit path leaves the run in a correct state.
+
+        Returns the error that failed the attempt, if one did.
+        """
         settings = self.context.settings
         heartbeat = supervised(
             self._heartbeat,
@@ -293,9 +319,11 @@ class RunExecution:
             )
         except Exception as error:
             self._fail(error)
+            return error
         finally:
             self._heartbeat_done.set()
             heartbeat.join(timeout=settings.heartbeat_seconds + 5)
+        return None
 
     def _fail(self, error: Exception) -> None:
         kind = failure_kind(error)
@@ -351,7 +379,7 @@ class RunExecution:
     def _execute(self) -> None:
         spec = self._spec()
         self.checkpoint_every = spec.checkpoint_every
-        device = self._torch_device(spec)
+        device = self._torch_device()
         run_id = self.claim.run_id
 
         def read(session: Session) -> tuple[Table, CheckpointBlob | None]:
@@ -378,14 +406,13 @@ class RunExecution:
             # A stored spec that no longer validates would fail on every attempt.
             raise InvalidInputError(f"the stored spec is not valid: {error}") from None
 
-    def _torch_device(self, spec: RunSpec) -> torch.device:
-        requested, own = spec.device, self.context.settings.device
+    def _torch_device(self) -> torch.device:
+        # The claim only matched runs whose requested device this worker serves.
+        own = self.context.settings.device
         if own.startswith("cuda") and not torch.cuda.is_available():
-            raise InvalidInputError(
+            raise DeviceUnavailableError(
                 f"worker device {own} is not available: torch sees no CUDA device"
             )
-        if requested not in queue.servable_requests(own):
-            raise InvalidInputError(f"device {requested!r} was requested but this worker has {own}")
         return torch.device(own)
 
     def _conclude(self, outcome: Outcome, trainer: Trainer) -> None:
@@ -497,7 +524,7 @@ class RunExecution:
             self._raise_attention(self.fenced)
             return
         self._note(status)
-        self.faults.after_epoch(self.interrupted)
+        self.faults.after_epoch(report.epoch, self.interrupted)
 
     def _record_epoch(
         self, session: Session, report: EpochReport, trainer: Trainer, due: bool

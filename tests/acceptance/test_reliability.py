@@ -12,18 +12,28 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import text
+from sqlalchemy import text, update
 
 from app.config import Settings
-from app.database import make_engine, make_session_factory, unit_of_work
+from app.database import make_engine, make_session_factory, unit_of_work, utcnow
 from app.runs import records
+from app.runs.models import Run
 from app.training.engine import EpochReport
 from app.worker import queue
-from tests.helpers import D2L_SPEC, LocalWorkers, long_spec, post_run, wait_for, wait_until
+from tests.helpers import (
+    D2L_SPEC,
+    LocalWorkers,
+    Pause,
+    long_spec,
+    post_run,
+    wait_for,
+    wait_until,
+)
 
 
 def epochs_of(client: httpx.Client, run_id: int) -> list[dict]:
@@ -70,6 +80,12 @@ class WorkerCommand:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+@pytest.fixture
+def pause(tmp_path: Path) -> Pause:
+    """Pause a worker at a named point: see tests.helpers.Pause."""
+    return Pause(tmp_path)
 
 
 @pytest.fixture
@@ -162,25 +178,53 @@ def test_a_database_outage_mid_run_costs_no_attempt(
     assert {row["attempt"] for row in assert_epochs_once(client, run["id"], 4)} == {1}
 
 
-def test_stale_worker_is_fenced_and_cannot_change_the_run(
-    client: httpx.Client, workers: LocalWorkers, settings: Settings
-):
-    # Attempt 1 stops renewing its lease but lives on, lingering 2.5 s after each epoch:
-    # its lease (3 s) runs out, a second worker takes the run, and the first one's next
-    # epoch write is refused.
-    run = post_run(client, long_spec(epochs=3))
-    faults = {run["id"]: {"stall_heartbeat_on_attempts": 1, "epoch_sleep_seconds": 2.5}}
-    stale = workers.start(faults=faults)
-    wait_until(lambda: client.get(f"/runs/{run['id']}").json()["attempt"] == 1)
-    workers.start(faults=faults)
-    finished = wait_for(client, run["id"], timeout=60)
-    assert finished["status"] == "succeeded", finished
-    assert finished["attempt"] == 2
-    rows = assert_epochs_once(client, run["id"], 3)
-    assert rows[-1]["attempt"] == 2
-    assert stale.process.is_alive()
+def _expire_lease(database_url: str, run_id: int) -> None:
+    """Move the clock past a run's lease, as if its worker had been silent that long."""
+    engine = make_engine(database_url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(
+                update(Run)
+                .where(Run.id == run_id)
+                .values(lease_expires_at=utcnow() - timedelta(seconds=1))
+            )
+    finally:
+        engine.dispose()
 
-    # The stale attempt's writes are refused outright, and the run is unchanged.
+
+def test_stale_worker_is_fenced_and_cannot_change_the_run(
+    client: httpx.Client, workers: LocalWorkers, settings: Settings, pause: Pause
+):
+    # Attempt 1 writes epoch 1, stops renewing its lease and waits; its lease runs out, a
+    # second worker takes the run and finishes it; then attempt 1 goes on, and its next
+    # write is refused.
+    run = post_run(client, long_spec(epochs=3))
+    faults = {"stall_heartbeat_on_attempts": 1, **pause.after_epoch(1)}
+    stale = workers.start(faults={run["id"]: faults})
+    pause.wait()
+    _expire_lease(settings.database_url, run["id"])
+    workers.start()
+    finished = wait_for(client, run["id"])
+    assert finished["status"] == "succeeded", finished
+    assert (finished["attempt"], finished["lost_attempts"]) == (2, 1)
+    rows = assert_epochs_once(client, run["id"], 3)
+    assert [row["attempt"] for row in rows] == [1, 2, 2]
+    weights = weights_sha(client, run["id"])
+
+    pause.release()
+    # The stale attempt trains epoch 2, is refused at its write, and its worker goes idle.
+    wait_until(
+        lambda: any(
+            worker["id"] == stale.worker_id and worker["current_run_id"] is None
+            for worker in client.get("/workers").json()
+        ),
+        message="the stale worker back to idle",
+    )
+    assert stale.process.is_alive()
+    assert epochs_of(client, run["id"]) == rows
+    assert weights_sha(client, run["id"]) == weights
+
+    # A direct write with the stale attempt is refused outright, and the run is unchanged.
     engine = make_engine(settings.database_url)
     report = EpochReport(epoch=3, train_loss=123.0, val_loss=None, metrics={}, seconds=0.1)
     stale_claim = queue.Claim(run_id=run["id"], attempt=1, spec={}, epochs_total=3)
@@ -213,11 +257,12 @@ def test_poison_run_fails_as_worker_lost_and_the_others_succeed(
 
 
 def test_sigterm_hands_the_run_back_and_a_restart_finishes_it(
-    client: httpx.Client, worker_command: WorkerCommand
+    client: httpx.Client, worker_command: WorkerCommand, pause: Pause
 ):
     run = post_run(client, long_spec(epochs=5))
-    process = worker_command.start(faults={run["id"]: {"epoch_sleep_seconds": 0.4}})
-    wait_until(lambda: client.get(f"/runs/{run['id']}").json()["progress"]["epoch"] >= 1)
+    process = worker_command.start(faults={run["id"]: pause.after_epoch(1)})
+    pause.wait()
+    # The stop reaches the paused worker through its supervisor and ends the pause.
     process.send_signal(signal.SIGTERM)
     assert process.wait(20) == 0
     handed_back = client.get(f"/runs/{run['id']}").json()
@@ -233,16 +278,16 @@ def test_sigterm_hands_the_run_back_and_a_restart_finishes_it(
 
 
 def test_cancel_a_running_run_keeps_its_checkpoint_and_resume_continues(
-    client: httpx.Client, workers: LocalWorkers
+    client: httpx.Client, workers: LocalWorkers, pause: Pause
 ):
     run = post_run(client, long_spec(epochs=3))
-    workers.start(faults={run["id"]: {"epoch_sleep_seconds": 0.5}})
-    wait_until(lambda: client.get(f"/runs/{run['id']}").json()["progress"]["epoch"] >= 1)
-    assert client.post(f"/runs/{run['id']}/cancel").json()["status"] in ("cancelling", "cancelled")
+    workers.start(faults={run["id"]: pause.after_epoch(1)})
+    pause.wait()
+    # The worker hears of the cancel at its next heartbeat, which ends the pause.
+    assert client.post(f"/runs/{run['id']}/cancel").json()["status"] == "cancelling"
     cancelled = wait_for(client, run["id"], timeout=20)
     assert cancelled["status"] == "cancelled"
-    done = cancelled["progress"]["epoch"]
-    assert 1 <= done < 3
+    assert cancelled["progress"]["epoch"] == 1
 
     resumed = client.post(f"/runs/{run['id']}/resume", json={"epochs": 4})
     assert resumed.status_code == 200 and resumed.json()["status"] == "queued"

@@ -1,7 +1,5 @@
 """The predict path's caches: bounds, generations and staleness, without a server."""
 
-import time
-
 import torch
 
 from app.registry.service import ModelRef, Resolution
@@ -36,23 +34,26 @@ def test_model_cache_is_bounded_by_entries_and_bytes():
 
 
 def test_name_cache_trusts_only_the_newest_generation_recently_confirmed():
-    names = NameCache(max_staleness=0.2)
+    now = [100.0]
+    names = NameCache(max_staleness=0.2, clock=lambda: now[0])
     ref, old, new = (
         ModelRef("m", alias="prod"),
         Resolution("m", 1, 1, "a"),
         Resolution("m", 2, 2, "b"),
     )
-    names.put(ref, old, generation=5, read_at=time.monotonic())
+    names.put(ref, old, generation=5, read_at=now[0])
     assert names.get(ref) == old
-    names.confirm(generation=6, read_at=time.monotonic())
+    names.confirm(generation=6, read_at=now[0])
     assert names.get(ref) is None
-    names.put(ref, old, generation=5, read_at=time.monotonic())  # a read that lost the race
+    names.put(ref, old, generation=5, read_at=now[0])  # a read that lost the race
     assert names.get(ref) is None
-    names.put(ref, new, generation=6, read_at=time.monotonic())
+    names.put(ref, new, generation=6, read_at=now[0])
     assert names.get(ref) == new
-    time.sleep(0.25)  # no confirmation within the bound: the cache stops answering
+    now[0] += 0.15
+    assert names.get(ref) == new  # confirmed within max_staleness: still trusted
+    now[0] += 0.1  # no confirmation within the bound: the cache stops answering
     assert names.get(ref) is None
-    names.confirm(generation=6, read_at=time.monotonic())
+    names.confirm(generation=6, read_at=now[0])
     assert names.get(ref) == new
     names.advance(7)
     assert names.get(ref) is None
