@@ -1,6 +1,8 @@
-"""The stack's ceiling: FastAPI + uvicorn running the same preloaded module and nothing else.
+"""FastAPI's ceiling: FastAPI + uvicorn running the same preloaded module and nothing else.
 
 Usage: python bench/bare_server.py WEIGHTS.safetensors PORT
+
+bench/raw_asgi_server.py is the same endpoint without FastAPI, the ceiling for uvicorn itself.
 """
 
 import json

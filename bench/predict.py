@@ -1,12 +1,19 @@
-"""Predict benchmark, side by side in one run: fitserve vs a bare FastAPI endpoint vs MLflow.
+"""Predict benchmark, side by side in one run: fitserve vs bare FastAPI vs raw ASGI vs MLflow.
 
-Usage: .venv/bin/python bench/predict.py [--duration 10] [--connections 16] [--no-mlflow]
+Usage: .venv/bin/python bench/predict.py [--duration 10] [--connections 16] [--samples 3]
+                                         [--seed 1] [--no-mlflow]
 
 Trains one 20 -> 64 -> 1 MLP through fitserve (SQLite in a temporary folder), registers it
-as `bench@production`, then serves the same weights three ways, each a single uvicorn
-process pinned to CPU 0, and loads each with wrk (2 threads, pinned to CPU 1) for a fixed
-time: fitserve by run id and by name@alias, bench/bare_server.py, and `mlflow models serve`
-from bench/.mlflow-venv. Prints one markdown table and writes it under bench/results/.
+as `bench@production`, then serves the same weights four ways, each a single uvicorn process
+pinned to CPU 0: fitserve (targeted by run id and by name@alias), bench/bare_server.py (FastAPI),
+bench/raw_asgi_server.py (a plain ASGI callable, the ceiling for anything served by uvicorn),
+and `mlflow models serve` from bench/.mlflow-venv unless --no-mlflow. Every target must answer
+the bare server's prediction first. Then each target gets --samples samples (3 or more) in a
+seeded random order, all servers staying up: a sample is wrk (2 threads, pinned to CPU 1) for
+--duration seconds after a 2 s warm-up, plus the median of 30 sequential 1,000-row requests.
+The table shows per target the median over samples with their min-max, and the ratio of its
+median requests/s to bare FastAPI's, raw ASGI's and MLflow's. Printed and written under
+bench/results/ with the environment (cores, Python, library versions) above it.
 """
 
 import argparse
@@ -15,7 +22,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -28,6 +34,7 @@ from pathlib import Path
 
 import httpx
 import torch
+from common import Spread, environment, free_port, sample_order
 from safetensors.torch import load as load_tensors
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,6 +43,9 @@ MLFLOW_PYTHON = ROOT / "bench" / ".mlflow-venv" / "bin" / "python"
 FEATURES = 20
 ROW = [round(0.1 * i - 1.0, 2) for i in range(FEATURES)]
 BATCH_ROWS = 1000
+BARE = "bare FastAPI + uvicorn"
+RAW = "raw ASGI + uvicorn (ceiling)"
+MLFLOW = "`mlflow models serve` (mlflow.pytorch)"
 SPEC = {
     "dataset": {
         "type": "synthetic_linear",
@@ -51,13 +61,8 @@ SPEC = {
 }
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def pinned(cpu: str, command: list[str]) -> list[str]:
+    """`command` bound to one CPU with taskset, where taskset exists."""
     return ["taskset", "-c", cpu, *command] if shutil.which("taskset") else command
 
 
@@ -65,6 +70,7 @@ def pinned(cpu: str, command: list[str]) -> list[str]:
 def process(
     command: list[str], log: Path, env: dict[str, str] | None = None
 ) -> Iterator[subprocess.Popen]:
+    """A server process in its own session, its output in `log`, killed with its children."""
     with log.open("wb") as out:
         proc = subprocess.Popen(
             command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
@@ -83,6 +89,7 @@ def process(
 def wait_ready(
     url: str, body: dict, proc: subprocess.Popen, log: Path, timeout: float = 120
 ) -> None:
+    """Post `body` to `url` until it answers 200, failing early if the server exits."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -97,6 +104,7 @@ def wait_ready(
 
 
 def fitserve_env(database_url: str, port: int) -> dict[str, str]:
+    """The environment of a fitserve process on `database_url` listening on `port`."""
     return {
         **os.environ,
         "FITSERVE_DATABASE_URL": database_url,
@@ -137,18 +145,21 @@ def train(database_url: str, work: Path) -> tuple[int, bytes]:
 
 
 def ensure_wrk() -> str:
+    """wrk's command name, installing it with apt-get if it is missing."""
     if shutil.which("wrk") is None:
         subprocess.run(["apt-get", "install", "-y", "wrk"], check=True, stdout=subprocess.DEVNULL)
     return "wrk"
 
 
 def to_ms(value: str, unit: str) -> float:
+    """A wrk duration such as `2.31ms` in milliseconds."""
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
 def load(url: str, body: dict, *, duration: int, connections: int, work: Path) -> dict:
     """wrk against one endpoint: requests/s, p50 and p99 in ms, non-2xx answers."""
-    script = work / f"post-{abs(hash(url))}.lua"
+    # Keyed by body too: fitserve's two targets share a URL.
+    script = work / f"post-{abs(hash((url, json.dumps(body))))}.lua"
     script.write_text(
         'wrk.method = "POST"\n'
         f"wrk.body = [==[{json.dumps(body)}]==]\n"
@@ -186,12 +197,14 @@ def batch_p50(url: str, body: dict, *, repeats: int = 30) -> float:
 
 
 def first_prediction(url: str, body: dict) -> float:
+    """The first output of one prediction, to check that every target runs the same model."""
     answer = httpx.post(url, json=body).json()
     value = answer["predictions"][0]
     return float(value[0] if isinstance(value, list) else value)
 
 
 def prepare_mlflow(weights: bytes, work: Path) -> Path:
+    """Log the same weights as an mlflow.pytorch model with bench/mlflow_model.py; its folder."""
     state = work / "state.pt"
     torch.save(load_tensors(weights), state)
     model_dir = work / "mlflow-model"
@@ -203,22 +216,41 @@ def prepare_mlflow(weights: bytes, work: Path) -> Path:
     return model_dir
 
 
+def mlflow_version() -> str:
+    """mlflow's version in bench/.mlflow-venv."""
+    return subprocess.run(
+        [str(MLFLOW_PYTHON), "-c", "import importlib.metadata as m; print(m.version('mlflow'))"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+
+
 def main() -> None:
+    """Train, start every server, check they agree, load them in a random order, print."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--duration", type=int, default=10)
+    parser.add_argument("--duration", type=int, default=10, help="seconds of wrk per sample")
     parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--samples", type=int, default=3, help="samples per target")
+    parser.add_argument("--seed", type=int, default=1, help="seeds the order of the samples")
     parser.add_argument("--no-mlflow", action="store_true")
     args = parser.parse_args()
+    if args.samples < 3:
+        parser.error("--samples must be at least 3")
     ensure_wrk()
-    load_before = os.getloadavg()
+    use_mlflow = not args.no_mlflow and MLFLOW_PYTHON.exists()
+    # Taken before training, which loads the CPUs and would inflate the load average.
+    header = environment({"mlflow": mlflow_version()} if use_mlflow else None)
     work = Path(tempfile.mkdtemp(prefix="fitserve-bench-"))
     database_url = f"sqlite:///{work / 'bench.db'}"
     run_id, weights = train(database_url, work)
-    (work / "weights.safetensors").write_bytes(weights)
+    weights_file = work / "weights.safetensors"
+    weights_file.write_bytes(weights)
 
-    ports = {name: free_port() for name in ("fitserve", "bare", "mlflow")}
+    ports = {name: free_port() for name in ("fitserve", "bare", "raw", "mlflow")}
     fitserve = f"http://127.0.0.1:{ports['fitserve']}"
     bare = f"http://127.0.0.1:{ports['bare']}/predict"
+    raw = f"http://127.0.0.1:{ports['raw']}/predict"
     mlflow = f"http://127.0.0.1:{ports['mlflow']}/invocations"
     one = {"inputs": [ROW]}
     batch = {"inputs": [ROW] * BATCH_ROWS}
@@ -229,7 +261,8 @@ def main() -> None:
             f"{fitserve}/predict",
             {"model": "bench@production"},
         ),
-        ("bare FastAPI + uvicorn (ceiling)", bare, {}),
+        (BARE, bare, {}),
+        (RAW, raw, {}),
     ]
     servers = [
         (
@@ -243,18 +276,31 @@ def main() -> None:
                 [
                     sys.executable,
                     str(ROOT / "bench" / "bare_server.py"),
-                    str(work / "weights.safetensors"),
+                    str(weights_file),
                     str(ports["bare"]),
                 ],
             ),
             None,
             targets[2],
         ),
+        (
+            pinned(
+                "0",
+                [
+                    sys.executable,
+                    str(ROOT / "bench" / "raw_asgi_server.py"),
+                    str(weights_file),
+                    str(ports["raw"]),
+                ],
+            ),
+            None,
+            targets[3],
+        ),
     ]
     mlflow_note = None
     if args.no_mlflow:
         mlflow_note = "skipped (--no-mlflow)"
-    elif not MLFLOW_PYTHON.exists():
+    elif not use_mlflow:
         mlflow_note = f"skipped: {MLFLOW_PYTHON} missing (see docs/serving.md to install it)"
     else:
         model_dir = prepare_mlflow(weights, work)
@@ -274,13 +320,21 @@ def main() -> None:
             "-w",
             "1",
         ]
-        mlflow_target = ("`mlflow models serve` (mlflow.pytorch)", mlflow, {})
+        mlflow_target = (MLFLOW, mlflow, {})
         targets.append(mlflow_target)
         # mlflow execs `uvicorn` by name: its own venv's bin must come first on PATH.
         env = {**os.environ, "PATH": f"{MLFLOW_PYTHON.parent}:{os.environ['PATH']}"}
         servers.append((pinned("0", command), env, mlflow_target))
 
-    results: dict[str, dict] = {}
+    order = sample_order([label for label, _, _ in targets], args.samples, args.seed)
+    header.append(
+        f"wrk -t2 -c{args.connections} -d{args.duration}s (after 2 s of warm-up) on CPU 1, "
+        f"each server one uvicorn process on CPU 0; {args.samples} samples per target, "
+        f"seed {args.seed}, order: " + ", ".join(f"{label} #{n}" for label, n in order)
+    )
+    print("\n".join(header), flush=True)
+    results: dict[str, list[dict]] = {label: [] for label, _, _ in targets}
+    bodies = {label: (url, {**extra, **one}, {**extra, **batch}) for label, url, extra in targets}
     with ExitStack() as stack:
         for index, (command, env, (_label, url, extra)) in enumerate(servers):
             log = work / f"server-{index}.log"
@@ -291,41 +345,51 @@ def main() -> None:
             value = first_prediction(url, {**extra, **one})
             if abs(value - reference) > 1e-4:
                 raise RuntimeError(f"{label} answers {value}, the bare server {reference}")
-        for label, url, extra in targets:
-            results[label] = load(
-                url,
-                {**extra, **one},
-                duration=args.duration,
-                connections=args.connections,
-                work=work,
+        for position, (label, sample) in enumerate(order, 1):
+            url, body, batch_body = bodies[label]
+            result = load(
+                url, body, duration=args.duration, connections=args.connections, work=work
             )
-            results[label]["batch_p50"] = batch_p50(url, {**extra, **batch})
-    print_table(results, args, load_before, mlflow_note)
+            result["batch_p50"] = batch_p50(url, batch_body)
+            results[label].append(result)
+            print(
+                f"[{position}/{len(order)}] {label} #{sample}: {result['rps']:.0f} requests/s",
+                flush=True,
+            )
+    print_table(results, header, mlflow_note)
     shutil.rmtree(work, ignore_errors=True)
 
 
-def print_table(
-    results: dict[str, dict], args: argparse.Namespace, load_before: tuple, note: str | None
-) -> None:
-    bare = results["bare FastAPI + uvicorn (ceiling)"]["rps"]
-    mlflow = next((r["rps"] for label, r in results.items() if label.startswith("`mlflow")), None)
+def print_table(results: dict[str, list[dict]], header: list[str], note: str | None) -> None:
+    """The markdown table, medians over samples with min-max, printed and saved."""
+    summary = {
+        label: {key: Spread.of([sample[key] for sample in samples]) for key in samples[0]}
+        for label, samples in results.items()
+    }
+    bare = summary[BARE]["rps"].median
+    raw = summary[RAW]["rps"].median
+    mlflow = summary[MLFLOW]["rps"].median if MLFLOW in summary else None
     lines = [
-        f"Predict benchmark, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPUs, "
-        f"load average before start {load_before[0]:.2f}; wrk -t2 -c{args.connections} "
-        f"-d{args.duration}s on CPU 1, each server one uvicorn process on CPU 0.",
+        f"Predict benchmark, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
+        *header,
         "",
-        "| target | requests/s | p50 ms | p99 ms | vs bare | vs MLflow | 1,000-row p50 ms |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "Each cell: median over samples (min-max); ratios are of median requests/s.",
+        "",
+        "| target | requests/s | p50 ms | p99 ms | vs bare FastAPI | vs raw ASGI | vs MLflow "
+        "| 1,000-row p50 ms |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for label, r in results.items():
-        vs_mlflow = f"{r['rps'] / mlflow:.1f}x" if mlflow else "n/a"
+    for label, s in summary.items():
+        vs_mlflow = f"{s['rps'].median / mlflow:.1f}x" if mlflow else "n/a"
         lines.append(
-            f"| {label} | {r['rps']:.0f} | {r['p50']:.2f} | {r['p99']:.2f} | "
-            f"{r['rps'] / bare:.2f}x | {vs_mlflow} | {r['batch_p50']:.1f} |"
+            f"| {label} | {s['rps'].format(0)} | {s['p50'].format(2)} | {s['p99'].format(2)} "
+            f"| {s['rps'].median / bare:.2f}x | {s['rps'].median / raw:.2f}x | {vs_mlflow} "
+            f"| {s['batch_p50'].format(1)} |"
         )
     if note:
         lines.append(f"\nMLflow: {note}")
     text = "\n".join(lines)
+    print()
     print(text)
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)

@@ -1,26 +1,44 @@
 """POST /runs -> running latency, side by side: local wake-up, LISTEN/NOTIFY, and polling alone.
 
-Usage: .venv/bin/python bench/queue_latency.py [--runs 50] [--pg postgresql+psycopg://...]
+Usage: .venv/bin/python bench/queue_latency.py [--runs 50] [--samples 3] [--window 1]
+                                               [--seed 1] [--pg postgresql+psycopg://...]
 
-Each configuration starts real fitserve processes on a fresh database, posts tiny runs one
-at a time, and reads the server-side `started_at - created_at` of each. Prints a markdown
-table with p50/p95/max and the ratio to the polling-only baseline.
+Three configurations: `fitserve serve` on SQLite (the pool wakes its worker in-process),
+`fitserve api` + `fitserve worker` on PostgreSQL (LISTEN/NOTIFY), and `api` + `worker` on SQLite
+polling every 1 s (the baseline). Each sample starts real fitserve processes on a fresh
+database: SQLite in a temporary folder, or the bench's own PostgreSQL database `fitserve_bench`
+(dropped and re-created beside the one --pg names, which is left alone). It posts 3 warm-up
+runs, then --runs tiny runs, and reads the server-side `started_at - created_at` of each.
+
+Arrivals are independent of the poll phase: before each post the client sleeps a seeded uniform
+offset in [0, --window), counted from the end of the previous run. An idle worker polls again
+poll_seconds after its last run, so a closed loop (post as soon as the previous run is done)
+always lands at the start of a poll interval and waits a whole one; a uniform offset over a
+whole number of intervals lands at a uniform phase. Runs do not overlap, so none queues behind
+another's training.
+
+Each configuration gets --samples samples (3 or more), interleaved in a seeded random order.
+The table shows, per configuration, the median over samples of each sample's p50 and p95
+(statistics.quantiles, inclusive method) with their min-max, the max over all runs, and the
+baseline's median divided by the configuration's.
 """
 
 import argparse
 import os
+import random
 import signal
-import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import psycopg
+from common import Spread, environment, free_port, percentile, sample_order
+from psycopg import sql
 
 BIN = Path(sys.executable).parent
 SPEC = {
@@ -28,23 +46,60 @@ SPEC = {
     "epochs": 1,
     "batch_size": 10,
 }
+WARM_UP = 3  # the first runs of each sample warm up torch in the worker
+POLL_SECONDS = 1.0  # the baseline's FITSERVE_POLL_SECONDS
+BENCH_DATABASE = "fitserve_bench"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+@dataclass(frozen=True)
+class Configuration:
+    """One way of running fitserve: its processes, its database and extra settings."""
+
+    name: str
+    commands: tuple[str, ...]
+    postgres: bool
+    env: dict[str, str] = field(default_factory=dict)
 
 
-def fresh_postgres(url: str, name: str) -> str:
+CONFIGURATIONS = (
+    Configuration("serve (SQLite): in-pool wake-up", ("serve",), postgres=False),
+    Configuration("api + worker (PostgreSQL): LISTEN/NOTIFY", ("api", "worker"), postgres=True),
+    Configuration(
+        "baseline: api + worker (SQLite), polling every 1 s",
+        ("api", "worker"),
+        postgres=False,
+        env={"FITSERVE_POLL_SECONDS": f"{POLL_SECONDS:g}"},
+    ),
+)
+BASELINE = CONFIGURATIONS[-1].name
+
+
+def fresh_postgres(url: str, name: str = BENCH_DATABASE) -> str:
+    """Drop and re-create the bench's own database `name` on --pg's server; its URL."""
+    base, _, database = url.rpartition("/")
+    if database.split("?", 1)[0] == name:
+        # The admin connection goes to --pg's database, and that one is never dropped.
+        raise SystemExit(f"--pg must name another database than {name}, which the bench drops")
     admin = url.replace("postgresql+psycopg://", "postgresql://")
     with psycopg.connect(admin, autocommit=True) as connection:
-        connection.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        connection.execute(f"CREATE DATABASE {name}")
-    return url.rsplit("/", 1)[0] + f"/{name}"
+        # Its own database, never a schema of --pg's: the test suite rebuilds `public` there.
+        connection.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+        connection.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    return f"{base}/{name}"
 
 
-def start(commands: list[str], env: dict[str, str]) -> list[subprocess.Popen[bytes]]:
+def postgres_version(url: str) -> str:
+    """The PostgreSQL server's version string, for the header."""
+    admin = url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(admin) as connection:
+        row = connection.execute("SHOW server_version").fetchone()
+    return row[0].split()[0] if row else "unknown"
+
+
+def start(commands: tuple[str, ...], env: dict[str, str]) -> list[subprocess.Popen[bytes]]:
+    """Migrate the database, then start one fitserve process per command."""
     subprocess.run(
         [str(BIN / "fitserve"), "db", "upgrade"], env=env, check=True, stderr=subprocess.DEVNULL
     )
@@ -54,16 +109,19 @@ def start(commands: list[str], env: dict[str, str]) -> list[subprocess.Popen[byt
     ]
 
 
-def measure(name: str, commands: list[str], database_url: str, runs: int, **extra: str) -> dict:
+def measure(
+    config: Configuration, database_url: str, runs: int, window: float, rng: random.Random
+) -> list[float]:
+    """One sample: fresh processes, warm-up, then `runs` server-side latencies in ms."""
     port = free_port()
     env = {
         **os.environ,
         "FITSERVE_DATABASE_URL": database_url,
         "FITSERVE_PORT": str(port),
         "FITSERVE_DEVICES": "cpu",
-        **extra,
+        **config.env,
     }
-    processes = start(commands, env)
+    processes = start(config.commands, env)
     latencies = []
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
@@ -75,15 +133,25 @@ def measure(name: str, commands: list[str], database_url: str, runs: int, **extr
                 except httpx.TransportError:
                     pass
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"{name}: service did not come up")
+                    raise RuntimeError(f"{config.name}: service did not come up")
                 time.sleep(0.2)
-            for _ in range(runs + 3):
-                run_id = client.post("/runs", json=SPEC).json()["id"]
+            for index in range(WARM_UP + runs):
+                # The offset decouples the arrival from the poll cycle, which restarts when
+                # the previous run ends (see the module docstring).
+                time.sleep(rng.uniform(0, window))
+                response = client.post("/runs", json=SPEC)
+                response.raise_for_status()
+                run_id = response.json()["id"]
+                # Wait for the end, not the start: the next run must not queue behind this one.
                 while (run := client.get(f"/runs/{run_id}").json())["status"] in (
                     "queued",
                     "running",
                 ):
                     time.sleep(0.01)
+                if run["status"] != "succeeded":
+                    raise RuntimeError(f"{config.name}: run {run_id} ended {run['status']}")
+                if index < WARM_UP:
+                    continue
                 started = datetime.fromisoformat(run["started_at"])
                 created = datetime.fromisoformat(run["created_at"])
                 latencies.append((started - created).total_seconds() * 1000)
@@ -92,47 +160,81 @@ def measure(name: str, commands: list[str], database_url: str, runs: int, **extr
             process.send_signal(signal.SIGTERM)
         for process in processes:
             process.wait(30)
-    latencies = sorted(latencies[3:])  # the first runs warm up torch in the worker
-    return {
-        "name": name,
-        "p50": statistics.median(latencies),
-        "p95": latencies[int(len(latencies) * 0.95) - 1],
-        "max": latencies[-1],
-    }
+    return latencies
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--runs", type=int, default=50)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=50, help="measured runs per sample")
+    parser.add_argument("--samples", type=int, default=3, help="samples per configuration")
+    parser.add_argument(
+        "--window",
+        type=float,
+        default=POLL_SECONDS,
+        help="each post waits a uniform offset in [0, WINDOW) seconds; a multiple of 1 s",
+    )
+    parser.add_argument("--seed", type=int, default=1, help="seeds the order and the offsets")
     parser.add_argument("--pg", default="postgresql+psycopg://postgres@127.0.0.1:5432/test")
     args = parser.parse_args()
+    if args.samples < 3:
+        parser.error("--samples must be at least 3")
+    if args.runs < 2:
+        parser.error("--runs must be at least 2 for percentiles")
+    intervals = args.window / POLL_SECONDS
+    # Only a whole number of poll intervals gives every phase of the cycle the same chance.
+    if intervals < 1 or abs(intervals - round(intervals)) > 1e-9:
+        parser.error(f"--window must be a whole multiple of the poll interval ({POLL_SECONDS:g} s)")
+
+    order = sample_order([config.name for config in CONFIGURATIONS], args.samples, args.seed)
+    configs = {config.name: config for config in CONFIGURATIONS}
+    print(f"POST /runs -> running, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
+    for line in environment({"postgresql server": postgres_version(args.pg)}):
+        print(f"  {line}")
+    print(
+        f"  {args.samples} samples x {args.runs} runs (+{WARM_UP} warm-up) per configuration, "
+        f"arrivals at uniform offsets in [0, {args.window:g}) s after the previous run, "
+        f"seed {args.seed}; order:"
+    )
+    for position, (name, sample) in enumerate(order, 1):
+        print(f"    {position}. {name} #{sample}")
+    print()
+
+    samples: dict[str, list[list[float]]] = {config.name: [] for config in CONFIGURATIONS}
     with tempfile.TemporaryDirectory() as tmp:
-        results = [
-            measure(
-                "serve (SQLite): in-pool wake-up", ["serve"], f"sqlite:///{tmp}/a.db", args.runs
-            ),
-            measure(
-                "api + worker (PostgreSQL): LISTEN/NOTIFY",
-                ["api", "worker"],
-                fresh_postgres(args.pg, "fitserve_bench"),
-                args.runs,
-            ),
-            measure(
-                "baseline: api + worker (SQLite), polling every 1 s",
-                ["api", "worker"],
-                f"sqlite:///{tmp}/b.db",
-                args.runs,
-                FITSERVE_POLL_SECONDS="1",
-            ),
-        ]
-    baseline = results[-1]["p50"]
-    print(f"POST /runs -> running, {args.runs} runs each, server-side timestamps\n")
-    print("| configuration | p50 ms | p95 ms | max ms | p50 vs polling |")
-    print("|---|---:|---:|---:|---:|")
-    for row in results:
+        for position, (name, sample) in enumerate(order, 1):
+            config = configs[name]
+            if config.postgres:
+                database_url = fresh_postgres(args.pg)
+            else:
+                database_url = f"sqlite:///{tmp}/{position}.db"
+            # One stream per sample, so a sample's offsets do not depend on the order.
+            rng = random.Random(f"{args.seed}/{name}/{sample}")
+            latencies = measure(config, database_url, args.runs, args.window, rng)
+            samples[name].append(latencies)
+            print(
+                f"[{position}/{len(order)}] {name} #{sample}: "
+                f"p50 {percentile(latencies, 50):.1f} ms, p95 {percentile(latencies, 95):.1f} ms",
+                flush=True,
+            )
+    print_table(samples)
+
+
+def print_table(samples: dict[str, list[list[float]]]) -> None:
+    """Per configuration: median (min-max) over samples of p50 and p95, max, ratios."""
+    p50 = {name: Spread.of([percentile(s, 50) for s in runs]) for name, runs in samples.items()}
+    p95 = {name: Spread.of([percentile(s, 95) for s in runs]) for name, runs in samples.items()}
+    print()
+    print(
+        "| configuration | p50 ms, median (min-max) | p95 ms, median (min-max) | max ms "
+        "| p50: polling / this | p95: polling / this |"
+    )
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, runs in samples.items():
+        worst = max(max(s) for s in runs)
         print(
-            f"| {row['name']} | {row['p50']:.1f} | {row['p95']:.1f} | {row['max']:.1f} "
-            f"| {baseline / row['p50']:.0f}x faster |"
+            f"| {name} | {p50[name].format()} | {p95[name].format()} | {worst:.1f} "
+            f"| {p50[BASELINE].median / p50[name].median:.1f}x "
+            f"| {p95[BASELINE].median / p95[name].median:.1f}x |"
         )
 
 

@@ -1,0 +1,96 @@
+"""What every benchmark shares: the environment header, percentiles, sample order, summaries.
+
+Imported by the scripts in bench/ as `common` (each runs as `python bench/<script>.py`, which
+puts bench/ first on sys.path).
+"""
+
+import os
+import platform
+import random
+import socket
+import statistics
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+# The libraries whose versions decide the numbers; each bench may add its own.
+LIBRARIES = ("torch", "fastapi", "starlette", "uvicorn", "sqlalchemy", "pydantic", "psycopg")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo, or the platform's guess elsewhere."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
+
+
+def version(package: str) -> str:
+    """The installed version of a distribution, or `missing`."""
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "missing"
+
+
+def environment(extra: dict[str, str] | None = None) -> list[str]:
+    """Header lines: cores, CPU, Python, library versions and the load when the bench starts."""
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    versions = {name: version(name) for name in LIBRARIES} | (extra or {})
+    load = os.getloadavg()
+    return [
+        f"cores: {os.cpu_count()} ({usable} usable by this process), {cpu_model()}",
+        f"Python {platform.python_version()} ({platform.python_implementation()}), "
+        f"{platform.system()} {platform.release()}",
+        "libraries: " + ", ".join(f"{name} {value}" for name, value in versions.items()),
+        f"load average at start: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}",
+    ]
+
+
+def percentile(values: list[float], p: int) -> float:
+    """The p-th percentile (1..99), linearly interpolated between order statistics.
+
+    statistics.quantiles' inclusive method treats the values as the whole population, so p50
+    is the median and p95 of 50 values lies between the 47th and 48th smallest, not the max.
+    """
+    if len(values) < 2:
+        raise ValueError(f"a percentile needs at least 2 values, got {len(values)}")
+    return statistics.quantiles(values, n=100, method="inclusive")[p - 1]
+
+
+def sample_order(names: list[str], samples: int, seed: int) -> list[tuple[str, int]]:
+    """Every (configuration, sample number) pair, shuffled by `seed`.
+
+    Interleaving the samples of different configurations in a random order spreads slow
+    drifts (thermal, a neighbour's load, page cache) over all of them instead of one.
+    """
+    order = [(name, sample) for sample in range(1, samples + 1) for name in names]
+    random.Random(seed).shuffle(order)
+    return order
+
+
+@dataclass(frozen=True)
+class Spread:
+    """The median of a configuration's samples and their range."""
+
+    median: float
+    low: float
+    high: float
+
+    @classmethod
+    def of(cls, values: list[float]) -> "Spread":
+        """Summarise one metric's per-sample values."""
+        return cls(statistics.median(values), min(values), max(values))
+
+    def format(self, digits: int = 1) -> str:
+        """`median (min-max)`, e.g. `512.3 (498.0-530.1)`."""
+        return f"{self.median:.{digits}f} ({self.low:.{digits}f}-{self.high:.{digits}f})"
