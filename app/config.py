@@ -49,11 +49,14 @@ class RunFaults(BaseModel):
     pause_after_epoch: int | None = Field(
         None,
         ge=1,
-        description="On the first attempt, once this epoch is written, create "
+        description="The first time an attempt has written this epoch, create "
         "`<pause_dir>/paused` and wait until `<pause_dir>/resume` exists or the attempt is "
         "interrupted: a test acts on a worker stopped at a known point instead of racing it.",
     )
     pause_dir: str | None = Field(None, description="Where the pause files are.")
+    pause_ignores_stop: bool = Field(
+        False, description="Stay paused through a stop: a worker that does not stop in time."
+    )
 
 
 class Settings(BaseSettings):

@@ -48,6 +48,13 @@ def long_spec(epochs: int = 6, **overrides: Any) -> dict[str, Any]:
     }
 
 
+def free_port() -> int:
+    """A loopback TCP port that nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 class ApiServer:
     """Serves an app with uvicorn on a free loopback port, in a thread of this process."""
 

@@ -46,11 +46,14 @@ class FaultInjector:
     def after_epoch(self, epoch: int, interrupted: Callable[[], bool]) -> None:
         """Pause at a named point until the test says so; or linger, to make a run long."""
         faults = self._faults
-        if faults.pause_after_epoch == epoch and faults.pause_dir and self._attempt == 1:
-            folder = Path(faults.pause_dir)
+        folder = Path(faults.pause_dir) if faults.pause_dir else None
+        if faults.pause_after_epoch == epoch and folder and not (folder / "paused").exists():
             (folder / "paused").touch()
-            # A stop, a cancel or a fence ends the pause as it would end training.
-            while not (folder / "resume").exists() and not interrupted():
+            # A stop, a cancel or a fence ends the pause as it would end training, unless the
+            # test wants a worker that hangs.
+            while not (folder / "resume").exists() and (
+                faults.pause_ignores_stop or not interrupted()
+            ):
                 time.sleep(0.01)
         if self._faults.epoch_sleep_seconds:
             deadline = time.monotonic() + self._faults.epoch_sleep_seconds

@@ -29,6 +29,7 @@ from tests.helpers import (
     D2L_SPEC,
     LocalWorkers,
     Pause,
+    free_port,
     long_spec,
     post_run,
     wait_for,
@@ -45,14 +46,18 @@ def weights_sha(client: httpx.Client, run_id: int) -> str:
 
 
 class WorkerCommand:
-    """`fitserve worker` as a subprocess: the real supervisor with its pool of workers."""
+    """`fitserve worker` (or `serve`) as a subprocess: the real supervisor and its pool."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.processes: list[subprocess.Popen[bytes]] = []
 
     def start(
-        self, slots: int = 1, faults: dict[int, dict] | None = None
+        self,
+        slots: int = 1,
+        faults: dict[int, dict] | None = None,
+        command: str = "worker",
+        **env_overrides: str,
     ) -> subprocess.Popen[bytes]:
         env = {
             **os.environ,
@@ -64,9 +69,10 @@ class WorkerCommand:
             "FITSERVE_POLL_SECONDS": str(self.settings.poll_seconds),
             "FITSERVE_LOG_LEVEL": "WARNING",
             "FITSERVE_TEST_FAULTS": json.dumps(faults or {}),
+            **env_overrides,
         }
         fitserve = Path(sys.executable).with_name("fitserve")
-        process = subprocess.Popen([str(fitserve), "worker"], env=env)
+        process = subprocess.Popen([str(fitserve), command], env=env)
         self.processes.append(process)
         return process
 
@@ -275,6 +281,46 @@ def test_sigterm_hands_the_run_back_and_a_restart_finishes_it(
     assert finished["status"] == "succeeded", finished
     assert (finished["attempt"], finished["lost_attempts"]) == (2, 0)
     assert_epochs_once(client, run["id"], 5)
+
+
+def test_fitserve_serve_stopped_mid_run_hands_it_back_then_kills_a_worker_that_hangs(
+    client: httpx.Client, worker_command: WorkerCommand, pause: Pause, tmp_path: Path
+):
+    # `fitserve serve`: its own API on another port, and its worker pool.
+    run = post_run(client, long_spec(epochs=5))
+    serve = worker_command.start(
+        faults={run["id"]: pause.after_epoch(1)}, command="serve", FITSERVE_PORT=str(free_port())
+    )
+    pause.wait()
+    serve.send_signal(signal.SIGTERM)
+    assert serve.wait(30) == 0
+    handed_back = client.get(f"/runs/{run['id']}").json()
+    assert handed_back["status"] == "queued"
+    assert (handed_back["attempt"], handed_back["lost_attempts"]) == (1, 0)
+    assert client.get("/workers").json() == []
+
+    # A worker that ignores the stop is killed once the grace period is over.
+    stuck = Pause(tmp_path / "stuck")
+    stuck.folder.mkdir()
+    faults = {"pause_ignores_stop": True, **stuck.after_epoch(2)}
+    serve = worker_command.start(
+        faults={run["id"]: faults},
+        command="serve",
+        FITSERVE_PORT=str(free_port()),
+        FITSERVE_SHUTDOWN_GRACE_SECONDS="1",
+    )
+    stuck.wait()
+    [worker] = client.get("/workers").json()
+    serve.send_signal(signal.SIGTERM)
+    assert serve.wait(30) == 0
+    with pytest.raises(ProcessLookupError):
+        os.kill(worker["pid"], 0)
+    # Its lease is left to run out; the next worker resumes from the epoch-2 checkpoint.
+    worker_command.start()
+    finished = wait_for(client, run["id"])
+    assert finished["status"] == "succeeded", finished
+    rows = assert_epochs_once(client, run["id"], 5)
+    assert [row["attempt"] for row in rows] == [1, 2, 3, 3, 3]
 
 
 def test_cancel_a_running_run_keeps_its_checkpoint_and_resume_continues(
