@@ -69,54 +69,87 @@ def _rows(engine: Engine, query: str) -> list[tuple]:
         return [tuple(row) for row in connection.execute(text(query))]
 
 
-def test_rows_written_at_0003_survive_0004_and_its_downgrade(scratch_url: str):
+def _insert(engine: Engine, statement: str, **values: object) -> None:
+    with engine.begin() as connection:
+        connection.execute(text(statement), values)
+
+
+def _insert_run(engine: Engine, run_id: int, spec: dict) -> None:
+    _insert(
+        engine,
+        "INSERT INTO runs (id, status, spec, task, device_request, epochs_total, epochs_done, "
+        "created_at, queued_at, attempt, lost_attempts, max_attempts) VALUES (:id, "
+        "'succeeded', :spec, 'regression', 'auto', 1, 1, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP, "
+        "1, 0, 3)",
+        id=run_id,
+        spec=json.dumps(spec),
+    )
+    _insert(
+        engine,
+        "INSERT INTO epochs (run_id, epoch, attempt, train_loss, metrics, seconds, created_at) "
+        "VALUES (:id, 1, 1, 0.5, '{}', 0.1, CURRENT_TIMESTAMP)",
+        id=run_id,
+    )
+
+
+def test_rows_written_at_each_revision_survive_upgrades_and_downgrades(scratch_url: str):
     settings = Settings(database_url=scratch_url)
-    upgrade_database(settings, "0003")
     engine = make_engine(scratch_url)
-    spec = {"dataset": {"type": "dataset", "id": 1, "target": "y"}, "chaos": None, "epochs": 1}
-    orphan = {"dataset": {"type": "dataset", "id": 99, "target": "y"}, "epochs": 1}
+    on_dataset = {"dataset": {"type": "dataset", "id": 1, "target": "y"}, "epochs": 1}
     try:
-        with engine.begin() as connection:
-            connection.execute(
-                text(
-                    "INSERT INTO datasets (id, name, sha256, fingerprint, format, size_bytes, "
-                    "task, target, features, missing, n_rows, columns, stats, preview, data, "
-                    "created_at) VALUES (1, 'd', 'a', 'f', 'csv', 1, 'regression', 'y', '[]', "
-                    "'error', 1, '[]', '{}', '[]', :data, CURRENT_TIMESTAMP)"
-                ),
-                {"data": b"x"},
-            )
-            for run_id, run_spec in ((1, spec), (2, orphan)):
-                connection.execute(
-                    text(
-                        "INSERT INTO runs (id, status, spec, task, device_request, "
-                        "epochs_total, epochs_done, created_at, queued_at, attempt, "
-                        "lost_attempts, max_attempts) VALUES (:id, 'succeeded', :spec, "
-                        "'regression', 'auto', 1, 1, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP, "
-                        "1, 0, 3)"
-                    ),
-                    {"id": run_id, "spec": json.dumps(run_spec)},
-                )
-                connection.execute(
-                    text(
-                        "INSERT INTO epochs (run_id, epoch, attempt, train_loss, metrics, "
-                        "seconds, created_at) VALUES (:id, 1, 1, 0.5, '{}', 0.1, "
-                        "CURRENT_TIMESTAMP)"
-                    ),
-                    {"id": run_id},
-                )
+        # 0001: runs (one names a dataset that never existed, as a force-deleted one would).
+        upgrade_database(settings, "0001")
+        _insert_run(engine, 1, {"dataset": {"type": "synthetic_linear"}, "chaos": None})
+        _insert_run(engine, 2, {**on_dataset, "dataset": {**on_dataset["dataset"], "id": 99}})
+        _insert(
+            engine,
+            "INSERT INTO weights (run_id, data, sha256, size_bytes, created_at) "
+            "VALUES (1, :data, 'w', 1, CURRENT_TIMESTAMP)",
+            data=b"w",
+        )
+        # 0002: a dataset and a run on it.
+        upgrade_database(settings, "0002")
+        _insert(
+            engine,
+            "INSERT INTO datasets (id, name, sha256, fingerprint, format, size_bytes, task, "
+            "target, features, missing, n_rows, columns, stats, preview, data, created_at) "
+            "VALUES (1, 'd', 'a', 'f', 'csv', 1, 'regression', 'y', '[]', 'error', 1, '[]', "
+            "'{}', '[]', :data, CURRENT_TIMESTAMP)",
+            data=b"x",
+        )
+        _insert_run(engine, 3, on_dataset)
+        # 0003: a registered version of run 1.
+        upgrade_database(settings, "0003")
+        _insert(
+            engine,
+            "INSERT INTO registered_models (id, name, created_at) "
+            "VALUES (1, 'm', CURRENT_TIMESTAMP)",
+        )
+        _insert(
+            engine,
+            "INSERT INTO model_versions (id, model_id, version, run_id, weights_sha256, "
+            "created_at) VALUES (1, 1, 1, 1, 'w', CURRENT_TIMESTAMP)",
+        )
+
         upgrade_database(settings)
         _assert_matches_models(scratch_url)
         # A run on a stored dataset points at it; one whose dataset is gone points nowhere.
-        assert _rows(engine, "SELECT id, dataset_id FROM runs ORDER BY id") == [(1, 1), (2, None)]
+        assert _rows(engine, "SELECT id, dataset_id FROM runs ORDER BY id") == [
+            (1, None),
+            (2, None),
+            (3, 1),
+        ]
         stored = _rows(engine, "SELECT spec FROM runs WHERE id = 1")[0][0]
         assert "chaos" not in (json.loads(stored) if isinstance(stored, str) else stored)
-        # Rebuilding the runs table on SQLite must not cascade into the epochs.
-        assert _rows(engine, "SELECT run_id FROM epochs ORDER BY run_id") == [(1,), (2,)]
+        # Rebuilding the runs table on SQLite must not cascade into the rows that refer to it.
+        assert _rows(engine, "SELECT run_id FROM epochs ORDER BY run_id") == [(1,), (2,), (3,)]
+        assert _rows(engine, "SELECT run_id FROM weights") == [(1,)]
+        assert _rows(engine, "SELECT run_id FROM model_versions") == [(1,)]
 
         downgrade_database(settings, "0003")
         assert "dataset_id" not in {c["name"] for c in inspect(engine).get_columns("runs")}
-        assert _rows(engine, "SELECT run_id FROM epochs ORDER BY run_id") == [(1,), (2,)]
+        assert _rows(engine, "SELECT run_id FROM epochs ORDER BY run_id") == [(1,), (2,), (3,)]
+        assert _rows(engine, "SELECT run_id FROM model_versions") == [(1,)]
         downgrade_database(settings, "base")
         assert set(inspect(engine).get_table_names()) <= {"alembic_version"}
         upgrade_database(settings)
