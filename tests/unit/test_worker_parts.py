@@ -82,3 +82,9 @@ def test_a_misspelt_fault_is_refused_rather_than_injecting_nothing():
     with pytest.raises(ValidationError, match="kill_at_epoc"):
         Settings(test_faults={"3": {"kill_at_epoc": 2}})
     assert Settings(test_faults={"3": {"kill_at_epoch": 2}}).test_faults[3].kill_at_epoch == 2
+
+
+def test_sqlite_waits_for_its_lock_for_at_most_half_a_lease():
+    with pytest.raises(ValidationError, match="at most half of lease_seconds"):
+        Settings(lease_seconds=3, sqlite_busy_timeout_seconds=2)
+    assert Settings(lease_seconds=3, sqlite_busy_timeout_seconds=1.5).sqlite_busy_timeout_seconds
