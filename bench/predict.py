@@ -264,37 +264,31 @@ def main() -> None:
         (BARE, bare, {}),
         (RAW, raw, {}),
     ]
+    # The comparison servers differ only in their script: each serves the same weights file.
     servers = [
         (
             pinned("0", [str(BIN / "fitserve"), "api"]),
             fitserve_env(database_url, ports["fitserve"]),
             targets[0],
         ),
-        (
-            pinned(
-                "0",
-                [
-                    sys.executable,
-                    str(ROOT / "bench" / "bare_server.py"),
-                    str(weights_file),
-                    str(ports["bare"]),
-                ],
-            ),
-            None,
-            targets[2],
-        ),
-        (
-            pinned(
-                "0",
-                [
-                    sys.executable,
-                    str(ROOT / "bench" / "raw_asgi_server.py"),
-                    str(weights_file),
-                    str(ports["raw"]),
-                ],
-            ),
-            None,
-            targets[3],
+        *(
+            (
+                pinned(
+                    "0",
+                    [
+                        sys.executable,
+                        str(ROOT / "bench" / script),
+                        str(weights_file),
+                        str(ports[port]),
+                    ],
+                ),
+                None,
+                target,
+            )
+            for script, port, target in (
+                ("bare_server.py", "bare", targets[2]),
+                ("raw_asgi_server.py", "raw", targets[3]),
+            )
         ),
     ]
     mlflow_note = None
