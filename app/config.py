@@ -1,6 +1,6 @@
 """The one settings class: every knob is a FITSERVE_* environment variable."""
 
-from typing import Annotated, Self
+from typing import Annotated, Literal, Self
 
 from pydantic import (
     AliasChoices,
@@ -14,11 +14,19 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Limits(BaseModel):
-    """Bounds on what one request may ask for; each breach is a 422 naming the field."""
+    """Bounds on what one request may ask for; each breach is a 422 naming the field.
+
+    The dataset bounds (`max_rows`, `max_features`, `max_cells`, `max_classes`) hold for runs
+    and for uploads alike, so a dataset that is accepted can be trained on. An upload past
+    `max_rows`, `max_features`, `max_cells`, `max_dataset_columns` or `max_decoded_bytes` is a
+    413, found from Parquet metadata before decoding, or while CSV streams in.
+    """
 
     max_epochs: int = 10_000
     max_batch_size: int = 65_536
+    # Rows of a run's dataset (inline, generated or uploaded).
     max_rows: int = 1_000_000
+    # Rows x features of a run's dataset.
     max_cells: int = 20_000_000
     max_features: int = 10_000
     max_classes: int = 1_000
@@ -26,8 +34,11 @@ class Limits(BaseModel):
     max_hidden_layers: int = 16
     max_parameters: int = 20_000_000
     max_predict_rows: int = 100_000
-    max_dataset_rows: int = 10_000_000
-    max_dataset_columns: int = 1_000
+    # Columns of an uploaded file, used or not: room for max_features and a target, and more.
+    max_dataset_columns: int = 20_000
+    # Bytes an upload's used columns may decode to (float32 features and the target as read),
+    # and the most any one Parquet column chunk may decompress to.
+    max_decoded_bytes: int = 256 * 1024 * 1024
 
 
 class RunFaults(BaseModel):
@@ -72,6 +83,23 @@ class Settings(BaseSettings):
     )
     host: str = "127.0.0.1"
     port: int = 8000
+
+    auth: Literal["required", "off"] | None = Field(
+        default=None,
+        description="Unset: required once any API key exists or when the API listens beyond "
+        "loopback; `off` lets every request act as the admin of project `default`.",
+    )
+    key_poll_seconds: float = Field(
+        default=0.25,
+        gt=0,
+        le=1.0,
+        description="How often each API process reloads changed keys: the bound on how long "
+        "a revoked key keeps working.",
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Origins browsers may call the API from (comma-separated); none by default.",
+    )
 
     devices: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
@@ -134,9 +162,9 @@ class Settings(BaseSettings):
             )
         return self
 
-    @field_validator("devices", mode="before")
+    @field_validator("devices", "cors_origins", mode="before")
     @classmethod
-    def _split_devices(cls, value: object) -> object:
+    def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value

@@ -9,10 +9,11 @@ from app.errors import FitserveError
 
 async def _fitserve_error(_request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, FitserveError)
+    headers = error.headers()
     if error.loc is None:
-        return JSONResponse({"detail": error.message}, status_code=error.status)
+        return JSONResponse({"detail": error.message}, status_code=error.status, headers=headers)
     detail = [{"loc": list(error.loc), "msg": error.message, "type": error.type}]
-    return JSONResponse({"detail": detail}, status_code=error.status)
+    return JSONResponse({"detail": detail}, status_code=error.status, headers=headers)
 
 
 async def _invalid_request(_request: Request, error: Exception) -> JSONResponse:

@@ -21,6 +21,28 @@ class FitserveError(Exception):
         self.message = message
         self.loc = loc
 
+    def headers(self) -> dict[str, str]:
+        """HTTP headers the answer carries besides the body."""
+        return {}
+
+
+class UnauthorizedError(FitserveError):
+    """No API key, or one that is unknown or revoked."""
+
+    status = 401
+    type = "unauthorized"
+
+    def headers(self) -> dict[str, str]:
+        """Tell the client which scheme to use."""
+        return {"WWW-Authenticate": "Bearer"}
+
+
+class ForbiddenError(FitserveError):
+    """The key is valid but its role does not allow the operation."""
+
+    status = 403
+    type = "forbidden"
+
 
 class NotFoundError(FitserveError):
     """No object has that id or name."""
@@ -47,6 +69,28 @@ class LimitExceededError(InvalidInputError):
     """A field asks for more than the server allows."""
 
     type = "limit_exceeded"
+
+
+class PayloadTooLargeError(FitserveError):
+    """The upload decodes to more than the server holds; `loc` names the part at fault."""
+
+    status = 413
+    type = "too_large"
+
+
+class QuotaExceededError(FitserveError):
+    """The project is at one of its quotas; the message names it."""
+
+    status = 429
+    type = "quota_exceeded"
+
+    def __init__(self, message: str, *, retry_after_seconds: int) -> None:
+        super().__init__(message)
+        self.retry_after_seconds = retry_after_seconds
+
+    def headers(self) -> dict[str, str]:
+        """When trying again may succeed."""
+        return {"Retry-After": str(self.retry_after_seconds)}
 
 
 class ResourceError(FitserveError):

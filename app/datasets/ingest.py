@@ -7,6 +7,7 @@ fourth line.
 import csv
 import hashlib
 import math
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Literal
@@ -19,7 +20,7 @@ import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
 from app.config import Limits
-from app.errors import InvalidInputError, Loc
+from app.errors import InvalidInputError, Loc, PayloadTooLargeError
 from app.training.data import label_order
 from app.training.spec import Task
 
@@ -30,6 +31,15 @@ HEADER_PROBE_BYTES = 1024 * 1024
 HASH_CHUNK_BYTES = 1024 * 1024
 PREVIEW_ROWS = 10
 FEATURE_TYPE = pa.float32()
+# The Parquet footer (its schema and row-group metadata) is decoded whole before anything can be
+# checked, so its length is bounded first; a footer this long describes millions of column chunks.
+PARQUET_FOOTER_MAX_BYTES = 16 * 1024 * 1024
+# Values decoded at a time from Parquet (the rows of a batch times its columns): each batch
+# is converted to float32 before the next is read.
+PARQUET_BATCH_CELLS = 1024 * 1024
+PARQUET_BATCH_ROWS = 64 * 1024
+# Text values cast to numbers a slice at a time when looking for the first that is no number.
+CAST_PROBE_VALUES = 4096
 
 
 class DatasetInputError(InvalidInputError):
@@ -39,6 +49,57 @@ class DatasetInputError(InvalidInputError):
 
     def __init__(self, loc: Loc, message: str) -> None:
         super().__init__(message, loc=("body", *loc))
+
+
+class DatasetTooLargeError(PayloadTooLargeError):
+    """The data decodes to more than the limits allow (a 413); the message names the limit."""
+
+    def __init__(self, loc: Loc, message: str) -> None:
+        super().__init__(message, loc=("body", *loc))
+
+
+class _Budget:
+    """Counts the rows and decoded bytes of an upload as they are read, refusing (413) as soon
+    as they pass a limit, so memory never holds much more than the limits allow."""
+
+    def __init__(self, *, features: int, limits: Limits, loc: Loc) -> None:
+        self.features = features
+        self.limits = limits
+        self.loc = loc
+        self.rows = 0
+        self.bytes = 0
+
+    def add(self, rows: int, nbytes: int = 0) -> None:
+        """Count one more batch and the bytes it holds; the rows so far are a lower bound."""
+        self.rows += rows
+        _check_shape(self.rows, self.features, self.limits, self.loc, at_least=True)
+        self.ensure(nbytes)
+        self.bytes += nbytes
+
+    def ensure(self, nbytes: int) -> None:
+        """Refuse before decoding `nbytes` more would pass max_decoded_bytes."""
+        if self.bytes + nbytes > self.limits.max_decoded_bytes:
+            raise DatasetTooLargeError(
+                self.loc,
+                f"the data decodes to at least {self.bytes + nbytes} bytes; "
+                f"at most {self.limits.max_decoded_bytes} (max_decoded_bytes)",
+            )
+
+
+def _check_shape(rows: int, features: int, limits: Limits, loc: Loc, *, at_least: bool) -> None:
+    """Refuse (413) data a run could not train on: the same bounds as `check_limits` of runs."""
+    counted = "at least " if at_least else ""
+    cells = rows * features
+    if cells > limits.max_cells:
+        raise DatasetTooLargeError(
+            loc,
+            f"{counted}{rows} rows x {features} features = {cells} cells; "
+            f"at most {limits.max_cells} (max_cells)",
+        )
+    if rows > limits.max_rows:
+        raise DatasetTooLargeError(
+            loc, f"{counted}{rows} rows; at most {limits.max_rows} (max_rows)"
+        )
 
 
 @dataclass(frozen=True)
@@ -105,7 +166,7 @@ def ingest_columns(
             return ("columns", name)
         return ("records",) if index is None else ("records", index, name)
 
-    _check_names(list(columns), options, limits)
+    _check_names(list(columns), options, limits, where=(sent_as,))
     lengths = {name: len(values) for name, values in columns.items()}
     first = next(iter(columns))
     for name, length in lengths.items():
@@ -115,8 +176,11 @@ def ingest_columns(
                 f"column {name!r} has {length} values but column {first!r} has "
                 f"{lengths[first]}; every column needs one value per row",
             )
+    selected = _selected(list(columns), options)
+    # The body is already bounded in bytes; its shape is checked before any Arrow array is built.
+    _check_shape(lengths[first], len(selected) - 1, limits, (sent_as,), at_least=False)
     arrays = {}
-    for name in _selected(list(columns), options):
+    for name in selected:
         values = columns[name]
         if name == options.target:
             arrays[name] = _json_target(name, values, loc)
@@ -190,10 +254,14 @@ def _selected(names: list[str], options: IngestOptions) -> list[str]:
     return [*features, options.target]
 
 
-def _check_names(names: list[str], options: IngestOptions, limits: Limits) -> None:
+def _check_names(
+    names: list[str], options: IngestOptions, limits: Limits, where: Loc = ("file",)
+) -> None:
+    """Check the column names; `where` is the loc of a 413 for too many columns or features."""
     if len(names) > limits.max_dataset_columns:
-        raise DatasetInputError(
-            ("file",), f"{len(names)} columns; at most {limits.max_dataset_columns}"
+        raise DatasetTooLargeError(
+            where,
+            f"{len(names)} columns; at most {limits.max_dataset_columns} (max_dataset_columns)",
         )
     seen: dict[str, int] = {}
     for position, name in enumerate(names, start=1):
@@ -218,8 +286,14 @@ def _check_names(names: list[str], options: IngestOptions, limits: Limits) -> No
             )
         if name == options.target:
             raise DatasetInputError(("features",), f"{name!r} is the target, not a feature")
-    if len(_selected(names, options)) < 2:
+    features = len(_selected(names, options)) - 1
+    if features < 1:
         raise DatasetInputError(("features",), "no feature columns besides the target")
+    if features > limits.max_features:
+        raise DatasetTooLargeError(
+            ("features",) if options.features else where,
+            f"{features} features; at most {limits.max_features} (max_features)",
+        )
 
 
 def _header(probe: bytes, delimiter: str | None) -> tuple[list[str], str]:
@@ -243,10 +317,13 @@ def _read_csv(stream: BinaryIO, probe: bytes, options: IngestOptions, limits: Li
     _check_names(names, options, limits)
     selected = _selected(names, options)
     features = selected[:-1]
+    feature_types = dict.fromkeys(features, FEATURE_TYPE)
 
-    def read(types: dict[str, pa.DataType]) -> pa.Table:
-        # The streaming reader converts one block at a time, which keeps its peak memory near
-        # the size of the result where read_csv holds several times that.
+    def read(
+        types: dict[str, pa.DataType], check: Callable[[pa.RecordBatch, int], None] | None = None
+    ) -> pa.Table:
+        # The streaming reader converts one block at a time, so memory holds what is kept and
+        # little more; the budget stops the read as soon as the rows pass a limit.
         stream.seek(0)
         reader = pacsv.open_csv(
             stream,
@@ -255,28 +332,51 @@ def _read_csv(stream: BinaryIO, probe: bytes, options: IngestOptions, limits: Li
                 column_types=types, include_columns=selected, strings_can_be_null=True
             ),
         )
-        return pa.Table.from_batches(list(reader), schema=reader.schema)
+        budget = _Budget(features=len(features), limits=limits, loc=("file",))
+        kept = []
+        for batch in reader:
+            if check is None:
+                budget.add(batch.num_rows, batch.nbytes)
+                kept.append(batch)
+            else:
+                # Only looked at, never kept.
+                check(batch, budget.rows)
+                budget.add(batch.num_rows)
+        return pa.Table.from_batches(kept, schema=reader.schema)
+
+    def first_bad_number(batch: pa.RecordBatch, offset: int) -> None:
+        found = [
+            (index, position, name)
+            for position, name in enumerate(features)
+            if (index := _first_bad_number(batch.column(name))) >= 0
+        ]
+        if found:
+            index, _, name = min(found)
+            raise _not_a_number(name, offset + index, batch.column(name)[index].as_py())
+
+    def refusal(error: pa.ArrowInvalid) -> DatasetInputError:
+        if "CSV parse error" in str(error):
+            return _ragged(stream, delimiter, names, error)
+        return _unreadable(error)
 
     try:
-        return read(dict.fromkeys(features, FEATURE_TYPE))
+        return read(feature_types)
     except pa.ArrowInvalid as error:
-        message = str(error)
-        if "CSV parse error" in message:
-            raise _ragged(stream, delimiter, len(names)) from None
-        if "conversion error" not in message:
-            raise _unreadable(error) from None
-    # A conversion failed: read the columns as text to name the first value that is no number.
+        if "conversion error" not in str(error):
+            raise refusal(error) from None
     try:
-        as_text = read(dict.fromkeys(selected, pa.string()))
+        # A conversion failed: read the columns as text to name the first value that is no
+        # number, a batch at a time.
+        read(dict.fromkeys(selected, pa.string()), check=first_bad_number)
+        # The features are fine, so the target mixes numbers and text: keep its labels as text.
+        return read({**feature_types, options.target: pa.string()})
     except pa.ArrowInvalid as error:
-        raise _unreadable(error) from None
-    for name in features:
-        _first_bad_number(name, as_text.column(name))
-    # The features are fine, so the target mixes numbers and text: keep its labels as text.
-    return read({**dict.fromkeys(features, FEATURE_TYPE), options.target: pa.string()})
+        raise refusal(error) from None
 
 
-def _ragged(stream: BinaryIO, delimiter: str, width: int) -> DatasetInputError:
+def _ragged(
+    stream: BinaryIO, delimiter: str, names: list[str], error: pa.ArrowInvalid
+) -> DatasetInputError:
     """Find the first row whose field count differs from the header's (single-threaded)."""
     bad: list[pacsv.InvalidRow] = []
 
@@ -286,19 +386,24 @@ def _ragged(stream: BinaryIO, delimiter: str, width: int) -> DatasetInputError:
 
     stream.seek(0)
     try:
-        pacsv.read_csv(
+        # Streamed as text and thrown away a block at a time: it holds no more than a block.
+        reader = pacsv.open_csv(
             stream,
             read_options=pacsv.ReadOptions(use_threads=False),
             parse_options=pacsv.ParseOptions(delimiter=delimiter, invalid_row_handler=record),
+            convert_options=pacsv.ConvertOptions(column_types=dict.fromkeys(names, pa.string())),
         )
-    except pa.ArrowInvalid as error:
-        if not bad:
-            return _unreadable(error)
+        for _batch in reader:
+            pass
+    except pa.ArrowInvalid as again:
+        error = again
+    if not bad:
+        return _unreadable(error)
     row = bad[0]
     where = f"row {row.number - 1}" if row.number is not None else f"the row {row.text[:80]!r}"
     return DatasetInputError(
         ("file",),
-        f"{where} has {row.actual_columns} values but the header has {width} columns; "
+        f"{where} has {row.actual_columns} values but the header has {len(names)} columns; "
         "every row needs one value per column",
     )
 
@@ -308,55 +413,159 @@ def _unreadable(error: Exception) -> DatasetInputError:
 
 
 def _read_parquet(stream: BinaryIO, options: IngestOptions, limits: Limits) -> pa.Table:
+    """Check the metadata against the limits, then decode a batch at a time into float32."""
+    _check_parquet_footer(stream)
     try:
         parquet = pq.ParquetFile(stream)
+        schema = parquet.schema_arrow
     except pa.ArrowException as error:
         raise DatasetInputError(("file",), f"not a readable Parquet file: {error}") from None
-    names = parquet.schema_arrow.names
+    names = schema.names
     _check_names(names, options, limits)
     selected = _selected(names, options)
-    if parquet.metadata.num_rows > limits.max_dataset_rows:
-        raise _too_many_rows(parquet.metadata.num_rows, limits)
-    table = parquet.read(columns=selected)
-    columns = {}
-    for name in selected[:-1]:
-        column = table.column(name)
-        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
-            _first_bad_number(name, column)
-        elif not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)):
+    features = selected[:-1]
+    metadata = parquet.metadata
+    # Before any column data is read: the rows and cells the metadata promises.
+    _check_shape(metadata.num_rows, len(features), limits, ("file",), at_least=False)
+    for name in features:
+        kind = schema.field(name).type
+        value_kind = kind.value_type if pa.types.is_dictionary(kind) else kind
+        if not (_is_text(value_kind) or _is_number_type(value_kind)):
             raise DatasetInputError(
-                ("file",), f"column {name!r} has type {column.type}; features must be numbers"
+                ("file",), f"column {name!r} has type {kind}; features must be numbers"
             )
-        # NaN is how Parquet writers often spell a missing number.
-        column = column.cast(FEATURE_TYPE)
-        columns[name] = pc.if_else(pc.is_nan(column), None, column)
-    columns[options.target] = table.column(options.target)
-    return pa.table(columns)
-
-
-def _first_bad_number(name: str, column: pa.ChunkedArray) -> None:
-    """Raise naming the first value of a text column that is not a number."""
-    offset = 0
-    for chunk in column.chunks:
+    _check_column_chunks(metadata, selected, limits)
+    # Text columns are read as dictionaries: a long value repeated on every row is decoded
+    # once, and its size is counted before it is spread over the rows.
+    parquet = pq.ParquetFile(stream, metadata=metadata, read_dictionary=selected)
+    budget = _Budget(features=len(features), limits=limits, loc=("file",))
+    batch_rows = max(1, min(PARQUET_BATCH_ROWS, PARQUET_BATCH_CELLS // len(selected)))
+    batches = parquet.iter_batches(batch_size=batch_rows, columns=selected)
+    kept = []
+    while True:
         try:
-            pc.cast(chunk, FEATURE_TYPE)
-        except pa.ArrowInvalid:
-            for index, value in enumerate(chunk.to_pylist()):
-                if value is not None and not _is_number(value):
-                    raise _not_a_number(name, offset + index, value) from None
-        offset += len(chunk)
+            batch = next(batches, None)
+        except pa.ArrowInvalid as error:
+            raise DatasetInputError(("file",), f"not a readable Parquet file: {error}") from None
+        if batch is None:
+            break
+        columns = [_feature_column(name, batch.column(name), budget.rows) for name in features]
+        columns.append(_label_column(batch.column(options.target), budget))
+        converted = pa.RecordBatch.from_arrays(columns, names=selected)
+        budget.add(batch.num_rows, converted.nbytes)
+        kept.append(converted)
+    if not kept:
+        return pa.table({name: pa.array([], FEATURE_TYPE) for name in selected})
+    return pa.Table.from_batches(kept)
+
+
+def _check_parquet_footer(stream: BinaryIO) -> None:
+    """Refuse a footer too long to decode safely; a malformed one is left to the reader."""
+    size = stream.seek(0, 2)
+    if size >= 2 * len(PARQUET_MAGIC) + 4:
+        stream.seek(size - 8)
+        (length,) = struct.unpack("<I", stream.read(4))
+        if stream.read(4) == PARQUET_MAGIC and length > PARQUET_FOOTER_MAX_BYTES:
+            raise DatasetTooLargeError(
+                ("file",),
+                f"the Parquet metadata is {length} bytes; at most {PARQUET_FOOTER_MAX_BYTES}",
+            )
+    stream.seek(0)
+
+
+def _check_column_chunks(metadata: pq.FileMetaData, selected: list[str], limits: Limits) -> None:
+    """Refuse a column chunk that says it decodes (uncompressed) to more than the limit."""
+    wanted = set(selected)
+    for group in range(metadata.num_row_groups):
+        row_group = metadata.row_group(group)
+        for index in range(row_group.num_columns):
+            chunk = row_group.column(index)
+            name = chunk.path_in_schema.split(".")[0]
+            size = chunk.total_uncompressed_size
+            if name in wanted and size > limits.max_decoded_bytes:
+                raise DatasetTooLargeError(
+                    ("file",),
+                    f"column {name!r} decodes to {size} bytes in row group {group + 1}; "
+                    f"at most {limits.max_decoded_bytes} (max_decoded_bytes)",
+                )
+
+
+def _feature_column(name: str, column: pa.Array, offset: int) -> pa.Array:
+    """One batch of a Parquet feature column as float32; `offset` is its first row's index."""
+    if pa.types.is_dictionary(column.type):
+        dictionary, indices = column.dictionary, column.indices
+        bad = _bad_numbers(dictionary) if _is_text(dictionary.type) else []
+        if bad:
+            used = _first_true(pc.is_in(indices, value_set=pa.array(bad, indices.type)))
+            if used >= 0:
+                value = dictionary[indices[used].as_py()].as_py()
+                raise _not_a_number(name, offset + used, value)
+            unused = np.zeros(len(dictionary), dtype=bool)
+            unused[bad] = True
+            dictionary = pc.if_else(pa.array(unused), pa.scalar(None, dictionary.type), dictionary)
+        converted = pc.take(pc.cast(dictionary, FEATURE_TYPE), indices)
+    else:
+        if _is_text(column.type):
+            index = _first_bad_number(column)
+            if index >= 0:
+                raise _not_a_number(name, offset + index, column[index].as_py())
+        converted = pc.cast(column, FEATURE_TYPE)
+    # NaN is how Parquet writers often spell a missing number.
+    return pc.if_else(pc.is_nan(converted), None, converted)
+
+
+def _label_column(column: pa.Array, budget: _Budget) -> pa.Array:
+    """One batch of a Parquet target column, a dictionary decoded once its size is known."""
+    if not pa.types.is_dictionary(column.type):
+        return column
+    if _is_text(column.dictionary.type):
+        lengths = pc.take(pc.binary_length(column.dictionary), column.indices)
+        budget.ensure((pc.sum(lengths).as_py() or 0) + 8 * len(column))
+    return column.dictionary_decode()
+
+
+def _is_text(kind: pa.DataType) -> bool:
+    return pa.types.is_string(kind) or pa.types.is_large_string(kind)
+
+
+def _is_number_type(kind: pa.DataType) -> bool:
+    return pa.types.is_integer(kind) or pa.types.is_floating(kind)
+
+
+def _castable(values: pa.Array) -> bool:
+    try:
+        pc.cast(values, FEATURE_TYPE)
+    except pa.ArrowInvalid:
+        return False
+    return True
+
+
+def _bad_numbers(values: pa.Array, first_only: bool = False) -> list[int]:
+    """Indices of the text values that are not numbers (as Arrow reads them), in order.
+
+    Slices are cast whole; only a slice that fails is looked at value by value.
+    """
+    bad: list[int] = []
+    for start in range(0, len(values), CAST_PROBE_VALUES):
+        chunk = values.slice(start, CAST_PROBE_VALUES)
+        if _castable(chunk):
+            continue
+        for index in range(len(chunk)):
+            if not _castable(chunk.slice(index, 1)):
+                bad.append(start + index)
+                if first_only:
+                    return bad
+    return bad
+
+
+def _first_bad_number(column: pa.Array) -> int:
+    """The index of the first value of a text column that is not a number, or -1."""
+    bad = _bad_numbers(column, first_only=True)
+    return bad[0] if bad else -1
 
 
 def _is_json_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _not_a_number(
@@ -369,10 +578,6 @@ def _not_a_number(
     )
 
 
-def _too_many_rows(rows: int, limits: Limits) -> DatasetInputError:
-    return DatasetInputError(("file",), f"{rows} rows; at most {limits.max_dataset_rows}")
-
-
 def _first_true(mask: pa.ChunkedArray | pa.Array) -> int:
     return pc.index(mask, True).as_py()
 
@@ -380,8 +585,6 @@ def _first_true(mask: pa.ChunkedArray | pa.Array) -> int:
 def _finish(raw: pa.Table, format: str, options: IngestOptions, limits: Limits) -> Ingested:
     if raw.num_rows == 0:
         raise DatasetInputError(("file",), "the data has a header but no rows")
-    if raw.num_rows > limits.max_dataset_rows:
-        raise _too_many_rows(raw.num_rows, limits)
     features = raw.column_names[:-1]
     target = raw.column(options.target)
     if not _is_label_type(target.type):

@@ -9,6 +9,7 @@ import pytest
 from app.config import Limits
 from app.datasets.ingest import (
     DatasetInputError,
+    DatasetTooLargeError,
     IngestOptions,
     from_ipc,
     ingest_columns,
@@ -93,10 +94,195 @@ def test_a_bad_value_deep_in_a_large_file_is_found():
     assert "row 200001 has 2 values" in message
 
 
-def test_limits_on_rows_and_columns():
-    small = Limits(max_dataset_rows=2, max_dataset_columns=2)
-    assert "3 rows; at most 2" in refused(b"a,y\n1,2\n3,4\n5,6\n", small, target="y")
-    assert "3 columns; at most 2" in refused(b"a,b,y\n1,2,3\n", small, target="y")
+def too_large(data: bytes | io.BytesIO, limits: Limits, **options) -> DatasetTooLargeError:
+    stream = data if isinstance(data, io.BytesIO) else io.BytesIO(data)
+    with pytest.raises(DatasetTooLargeError) as error:
+        ingest_file(stream, options=IngestOptions(**options), limits=limits)
+    assert error.value.status == 413
+    return error.value
+
+
+def parquet(table: pa.Table, **options) -> bytes:
+    sink = io.BytesIO()
+    pq.write_table(table, sink, **options)
+    return sink.getvalue()
+
+
+THREE_ROWS = {"a": [1.0, 2.0, 3.0], "b": [4.0, 5.0, 6.0], "y": [1.0, 2.0, 3.0]}
+
+
+@pytest.mark.parametrize("format", ["csv", "parquet"])
+@pytest.mark.parametrize(
+    ("limits", "options", "loc", "message"),
+    [
+        (Limits(max_rows=2), {}, "file", "3 rows; at most 2 (max_rows)"),
+        (
+            Limits(max_cells=5),
+            {},
+            "file",
+            "3 rows x 2 features = 6 cells; at most 5 (max_cells)",
+        ),
+        (Limits(max_features=1), {}, "file", "2 features; at most 1 (max_features)"),
+        (
+            Limits(max_features=1),
+            {"features": ["b", "a"]},
+            "features",
+            "2 features; at most 1 (max_features)",
+        ),
+        (Limits(max_dataset_columns=2), {}, "file", "3 columns; at most 2 (max_dataset_columns)"),
+    ],
+    ids=["rows", "cells", "features", "listed-features", "columns"],
+)
+def test_files_over_the_limits_are_413s_naming_the_limit(
+    format: str, limits: Limits, options: dict, loc: str, message: str
+):
+    data = b"a,b,y\n1,4,1\n2,5,2\n3,6,3\n" if format == "csv" else parquet(pa.table(THREE_ROWS))
+    error = too_large(data, limits, target="y", **options)
+    assert message in error.message
+    assert error.loc == ("body", loc)
+
+
+def test_a_dataset_at_the_limits_is_accepted_and_only_used_columns_count():
+    at_limits = Limits(max_rows=3, max_cells=6, max_features=2, max_dataset_columns=3)
+    for data in (b"a,b,y\n1,4,1\n2,5,2\n3,6,3\n", parquet(pa.table(THREE_ROWS))):
+        assert ingest(data, at_limits, target="y").table.num_rows == 3
+        # One feature of two: 3 cells, within a limit the whole file would pass.
+        one = ingest(data, Limits(max_cells=3, max_features=1), target="y", features=["b"])
+        assert one.features == ["b"]
+
+
+def test_parquet_limits_are_checked_before_any_column_is_decoded(monkeypatch):
+    # The issue's decoding bomb in small: rows x features from the metadata alone.
+    data = parquet(pa.table({f"f{i}": [0.0] * 1000 for i in range(20)} | {"y": [0.0] * 1000}))
+
+    def no_decoding(*_args, **_kwargs):
+        raise AssertionError("column data was decoded")
+
+    monkeypatch.setattr(pq.ParquetFile, "iter_batches", no_decoding)
+    monkeypatch.setattr(pq.ParquetFile, "read", no_decoding)
+    error = too_large(data, Limits(max_cells=19_999), target="y")
+    assert "1000 rows x 20 features = 20000 cells; at most 19999 (max_cells)" in error.message
+
+
+class EndlessCSV(io.RawIOBase):
+    """A header, then one row over and over, made as it is read: 4 GiB that never exist."""
+
+    def __init__(self, header: bytes, row: bytes, size: int = 4 << 30) -> None:
+        self.header, self.row, self.size = header, row, size
+        self.position = self.served = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.position
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self.position = {0: offset, 1: self.position + offset, 2: self.size + offset}[whence]
+        return self.position
+
+    def readinto(self, buffer) -> int:
+        count = min(len(buffer), self.size - self.position)
+        if count <= 0:
+            return 0
+        repeated = self.row * (count // len(self.row) + 2)
+        start = self.position - len(self.header)
+        if start < 0:
+            chunk = (self.header + repeated)[self.position : self.position + count]
+        else:
+            skip = start % len(self.row)
+            chunk = repeated[skip : skip + count]
+        buffer[:count] = chunk
+        self.position += count
+        self.served += count
+        return count
+
+
+def test_csv_stops_at_the_row_limit_without_reading_the_rest():
+    stream = EndlessCSV(b"a,y\n", b"1.5,2\n")
+    with pytest.raises(DatasetTooLargeError) as error:
+        ingest_file(stream, options=IngestOptions(target="y"), limits=Limits(max_rows=1000))
+    assert error.value.message.startswith("at least ")
+    assert error.value.message.endswith("rows; at most 1000 (max_rows)")
+    # Stopped after the first blocks and the reader's read-ahead, not at the end of 4 GiB.
+    assert stream.served < 128 * 1024 * 1024
+
+
+def test_csv_cells_count_the_used_columns_while_streaming():
+    rows = b"".join(b"%d,%d,%d,%d\n" % (i, i, i, i % 2) for i in range(100_000))
+    data = b"a,b,c,y\n" + rows
+    error = too_large(data, Limits(max_cells=150_000), target="y")
+    assert "x 3 features = " in error.message
+    assert "at most 150000 (max_cells)" in error.message
+    accepted = ingest(data, Limits(max_cells=150_000), target="y", features=["a"])
+    assert accepted.table.num_rows == 100_000
+
+
+def test_csv_decoded_bytes_are_bounded():
+    # Each empty field costs 1 byte of CSV but 4 bytes of float32 once decoded.
+    data = b"a,b,c,d,y\n" + b",,,,1\n" * 200_000
+    error = too_large(data, Limits(max_decoded_bytes=1_000_000), target="y", missing="mean")
+    assert "at most 1000000 (max_decoded_bytes)" in error.message
+
+
+def test_a_repeated_long_label_in_parquet_is_refused_before_it_is_spread_over_the_rows():
+    # Dictionary-encoded, 20,000 copies of a 1000-character label take a few KB on disk and
+    # 20 MB once decoded.
+    table = pa.table({"a": [1.0] * 20_000, "y": ["x" * 1000] * 20_000})
+    data = parquet(table, compression="zstd")
+    assert len(data) < 100_000
+    error = too_large(data, Limits(max_decoded_bytes=5_000_000), target="y")
+    assert "the data decodes to at least" in error.message
+    assert "at most 5000000 (max_decoded_bytes)" in error.message
+    # Written without a dictionary, the column chunk's own size gives it away.
+    plain = parquet(table, compression="zstd", use_dictionary=False)
+    error = too_large(plain, Limits(max_decoded_bytes=5_000_000), target="y")
+    assert "column 'y' decodes to" in error.message
+    assert "in row group 1; at most 5000000" in error.message
+
+
+def test_a_huge_parquet_footer_is_refused_before_it_is_decoded():
+    data = b"PAR1" + b"\0" * 64 + (64 * 1024 * 1024).to_bytes(4, "little") + b"PAR1"
+    assert "the Parquet metadata is 67108864 bytes" in too_large(data, LIMITS, target="y").message
+
+
+def test_parquet_text_features_are_checked_batch_by_batch():
+    values = ["1.5"] * 150_000 + ["zz"] + ["2"] * 10
+    data = parquet(pa.table({"a": values, "y": [1.0] * len(values)}))
+    assert "column 'a', row 150001: 'zz' is not a number" in refused(data, target="y")
+    good = parquet(pa.table({"a": ["1.5", "2", None], "y": ["p", "q", "q"]}))
+    result = ingest(good, target="y", missing="drop")
+    assert result.table.column("a").to_pylist() == [1.5, 2.0]
+    assert result.table.column("y").type == pa.string()
+
+
+def test_text_numbers_arrow_cannot_read_are_named_not_crashed_on():
+    # Python's float() reads "1_000"; Arrow does not, so it must be named, not raised.
+    assert "column 'a', row 2: '1_000' is not a number" in refused(
+        b"a,y\n1,2\n1_000,3\n", target="y"
+    )
+    assert "column 'b', row 1: 'x' is not a number" in refused(b"a,b,y\n1,x,1\ny,2,1\n", target="y")
+
+
+@pytest.mark.parametrize("sent_as", ["columns", "records"])
+def test_json_over_the_limits_is_refused_before_arrow_arrays_are_built(sent_as: str):
+    columns = {"a": [1.0, 2.0, 3.0], "b": [1.0, 2.0, 3.0], "y": [1, 2, 3]}
+    cases = [
+        (Limits(max_rows=2), "3 rows; at most 2 (max_rows)"),
+        (Limits(max_cells=5), "3 rows x 2 features = 6 cells; at most 5 (max_cells)"),
+        (Limits(max_features=1), "2 features; at most 1 (max_features)"),
+        (Limits(max_dataset_columns=2), "3 columns; at most 2 (max_dataset_columns)"),
+    ]
+    for limits, message in cases:
+        with pytest.raises(DatasetTooLargeError) as error:
+            ingest_columns(
+                columns, options=IngestOptions(target="y"), limits=limits, sent_as=sent_as
+            )
+        assert message in error.value.message
+        assert error.value.loc == ("body", sent_as)
 
 
 def test_missing_values_drop_or_mean():
