@@ -1,19 +1,27 @@
 """The FastAPI application factory."""
 
 import gc
+import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
+from app.audit.router import router as audit_router
 from app.body_limit import BodySizeLimitMiddleware
 from app.config import Settings
 from app.database import Database
 from app.datasets.router import router as datasets_router
 from app.error_handlers import install_error_handlers
+from app.keys.auth import Authenticator
+from app.keys.router import router as keys_router
+from app.polling import Poller
+from app.projects.router import router as projects_router
 from app.registry import service as registry_service
 from app.registry.flows import RegistryEvents
 from app.registry.router import router as registry_router
+from app.request_context import RequestContextMiddleware
 from app.runs import service as runs_service
 from app.runs.flows import RunEvents
 from app.runs.router import router as runs_router
@@ -29,7 +37,11 @@ Upload a CSV, Parquet or JSON dataset to `/datasets` once, or post rows with the
 Post a dataset and hyperparameters to `/runs`; a worker process trains the model on its
 device; read the per-epoch losses and weights back, register runs as versions of named
 models, and predict from any trained run or `name@alias`.
+
+Unless the service runs open (a loopback bind before any key exists), send
+`Authorization: Bearer KEY` with a key from `fitserve keys create`.
 """
+logger = logging.getLogger("fitserve.api")
 
 
 def _no_wakeup() -> None:
@@ -38,15 +50,29 @@ def _no_wakeup() -> None:
 
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
-    watcher: RegistryWatcher = app.state.registry_watcher
-    watcher.start()
+    pollers: list[Poller] = [app.state.registry_watcher.poller, app.state.key_poller]
+    authenticator: Authenticator = app.state.authenticator
+    try:
+        # Read once before the first request, so the auth mode is right from the start.
+        authenticator.refresh()
+    except Exception:
+        logger.exception("could not read the API keys; refusing every key until they load")
+    logger.info(authenticator.describe())
+    if authenticator.mode == "off" and not authenticator.loopback:
+        logger.warning(
+            "FITSERVE_AUTH=off on %s: anyone who reaches the port acts as admin",
+            app.state.settings.host,
+        )
+    for poller in pollers:
+        poller.start()
     # Everything imported and built so far lives as long as the process: keeping it out
     # of the collector's generations makes each collection on the predict path cheaper.
     gc.freeze()
     try:
         yield
     finally:
-        watcher.stop()
+        for poller in pollers:
+            poller.stop()
 
 
 def create_app(
@@ -69,6 +95,17 @@ def create_app(
         settings=settings,
     )
     app.state.serving = serving
+    authenticator = Authenticator(
+        mode=settings.auth, host=settings.host, sessions=database.read_sessions
+    )
+    app.state.authenticator = authenticator
+    app.state.key_poller = Poller(
+        name="fitserve-key-watcher",
+        poll=authenticator.refresh,
+        interval=settings.key_poll_seconds,
+        logger=logger,
+        failure_message="reloading API keys failed; keys already loaded keep working",
+    )
     app.state.registry_watcher = RegistryWatcher(
         sessions=database.read_sessions,
         models=serving.models,
@@ -91,8 +128,18 @@ def create_app(
         max_bytes=settings.max_body_bytes,
         path_limits={"/datasets": settings.max_dataset_bytes},
     )
-    # Added last, so it runs first: warm predictions never reach routing or the other layers.
-    app.add_middleware(PredictFastPath, serving=app.state.serving)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "PUT", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "X-Request-ID"],
+            expose_headers=["Location", "Retry-After", "X-Request-ID"],
+        )
+    # Warm predictions never reach routing or the layers added before this one.
+    app.add_middleware(PredictFastPath, serving=app.state.serving, authenticator=authenticator)
+    # Added last, so it runs first: every answer, the fast path's included, gets its headers.
+    app.add_middleware(RequestContextMiddleware)
     install_error_handlers(app)
     # The predict routes go on the app's own route list, first: FastAPI matches an
     # included router's routes through a further layer per request (~10 us, measured).
@@ -101,4 +148,7 @@ def create_app(
     app.include_router(runs_router)
     app.include_router(registry_router)
     app.include_router(system_router)
+    app.include_router(keys_router)
+    app.include_router(projects_router)
+    app.include_router(audit_router)
     return app

@@ -2,9 +2,12 @@
 
 from alembic import context
 
+from app.audit import models as audit_models  # noqa: F401  (registers the tables)
 from app.config import Settings
 from app.database import Base, make_engine
-from app.datasets import models as datasets_models  # noqa: F401  (registers the tables)
+from app.datasets import models as datasets_models  # noqa: F401
+from app.keys import models as keys_models  # noqa: F401
+from app.projects import models as projects_models  # noqa: F401
 from app.registry import models as registry_models  # noqa: F401
 from app.runs import models as runs_models  # noqa: F401
 from app.worker import models as worker_models  # noqa: F401

@@ -41,9 +41,10 @@ def database_url(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 @pytest.fixture(scope="session")
 def settings(database_url: str) -> Settings:
-    """Settings tuned for tests: short leases and polls."""
+    """Settings tuned for tests: short leases and polls, and auth off unless a test turns it on."""
     return Settings(
         database_url=database_url,
+        auth="off",
         devices=["cpu"],
         lease_seconds=3.0,
         sqlite_busy_timeout_seconds=1.0,
@@ -64,6 +65,10 @@ def empty_database(settings: Settings) -> None:
         "DELETE FROM runs",
         "DELETE FROM workers",
         "DELETE FROM datasets",
+        "DELETE FROM api_keys",
+        "DELETE FROM projects WHERE name <> 'default'",
+        "UPDATE projects SET max_queued_runs = NULL, max_running_runs = NULL, "
+        "max_dataset_bytes = NULL, max_rows_x_epochs = NULL",
     )
 
 

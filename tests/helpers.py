@@ -3,6 +3,8 @@
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -200,3 +202,38 @@ def post_run(client: httpx.Client, spec: dict[str, Any], **headers: str) -> dict
     response = client.post("/runs", json=spec, headers=headers)
     assert response.status_code in (200, 201), response.text
     return response.json()
+
+
+class ApiProcess:
+    """`fitserve api` as a subprocess: an API process of its own, as on another machine."""
+
+    def __init__(self, settings: Settings, **env_overrides: str) -> None:
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        env = {
+            **os.environ,
+            "FITSERVE_DATABASE_URL": settings.database_url,
+            "FITSERVE_PORT": str(port),
+            "FITSERVE_LOG_LEVEL": "WARNING",
+            **env_overrides,
+        }
+        fitserve = Path(sys.executable).with_name("fitserve")
+        self.process = subprocess.Popen([str(fitserve), "api"], env=env)
+
+    def __enter__(self) -> "ApiProcess":
+        def answers() -> bool:
+            try:
+                return httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_until(answers, timeout=30, message="API process answering")
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()

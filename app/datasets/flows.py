@@ -1,25 +1,64 @@
-"""Dataset use cases: each stores or deletes in one unit of work and commits once."""
+"""Dataset use cases: each stores or deletes in one unit of work, audited, and commits once."""
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, BinaryIO
 
+from sqlalchemy.orm import Session
+
+from app.audit import service as audit
 from app.config import Limits
 from app.database import Database, unit_of_work
 from app.datasets import service
 from app.datasets.ingest import IngestOptions
 from app.datasets.models import Dataset
 from app.datasets.service import DatasetUsers
+from app.principal import Principal
 
 
-def store_file(
-    *, database: Database, stream: BinaryIO, name: str, options: IngestOptions, limits: Limits
-) -> tuple[Dataset, bool]:
-    """Store an uploaded CSV or Parquet file; returns the dataset and whether it is new."""
+@contextmanager
+def _storing(database: Database) -> Iterator[tuple[Session, Session]]:
     # The write transaction begins at the insert, after the parse: SQLite's write lock is
     # not held while a large file is read.
     with database.read_sessions() as reader, unit_of_work(database.sessions) as session:
-        return service.store_file(
-            session=session, reader=reader, stream=stream, name=name, options=options, limits=limits
+        yield session, reader
+
+
+def _store(
+    database: Database,
+    principal: Principal,
+    store: Callable[..., tuple[Dataset, bool]],
+    **arguments: Any,
+) -> tuple[Dataset, bool]:
+    """Run a `service.store_*` for the principal's project; audit what it created."""
+    with _storing(database) as (session, reader):
+        dataset, created = store(
+            session=session, reader=reader, project=principal.project, **arguments
         )
+        if created:
+            audit.record(
+                session=session,
+                principal=principal,
+                action="dataset.create",
+                object_id=dataset.id,
+                name=dataset.name,
+                size_bytes=dataset.size_bytes,
+            )
+    return dataset, created
+
+
+def store_file(
+    *,
+    database: Database,
+    stream: BinaryIO,
+    name: str,
+    options: IngestOptions,
+    limits: Limits,
+    principal: Principal,
+) -> tuple[Dataset, bool]:
+    """Store an uploaded CSV or Parquet file; returns the dataset and whether it is new."""
+    arguments = {"stream": stream, "name": name, "options": options, "limits": limits}
+    return _store(database, principal, service.store_file, **arguments)
 
 
 def store_json(
@@ -30,29 +69,36 @@ def store_json(
     records: list[dict[str, Any]] | None,
     columns: dict[str, list[Any]] | None,
     limits: Limits,
+    principal: Principal,
 ) -> tuple[Dataset, bool]:
     """Store a dataset sent as JSON records or columns."""
-    with database.read_sessions() as reader, unit_of_work(database.sessions) as session:
-        return service.store_json(
-            session=session,
-            reader=reader,
-            name=name,
-            options=options,
-            records=records,
-            columns=columns,
-            limits=limits,
-        )
+    arguments = {"name": name, "options": options, "records": records, "columns": columns}
+    return _store(database, principal, service.store_json, limits=limits, **arguments)
 
 
-def store_builtin(*, database: Database, name: str, limits: Limits) -> tuple[Dataset, bool]:
+def store_builtin(
+    *, database: Database, name: str, limits: Limits, principal: Principal
+) -> tuple[Dataset, bool]:
     """Store a dataset shipped with fitserve by name."""
-    with database.read_sessions() as reader, unit_of_work(database.sessions) as session:
-        return service.store_builtin(session=session, reader=reader, name=name, limits=limits)
+    return _store(database, principal, service.store_builtin, name=name, limits=limits)
 
 
 def delete_dataset(
-    *, database: Database, dataset_id: int, force: bool, users: DatasetUsers
+    *, database: Database, dataset_id: int, force: bool, users: DatasetUsers, principal: Principal
 ) -> None:
     """Delete a dataset; refused while runs refer to it unless forced."""
     with unit_of_work(database.sessions) as session:
-        service.delete_dataset(session=session, dataset_id=dataset_id, force=force, users=users)
+        service.delete_dataset(
+            session=session,
+            dataset_id=dataset_id,
+            project=principal.project,
+            force=force,
+            users=users,
+        )
+        audit.record(
+            session=session,
+            principal=principal,
+            action="dataset.delete",
+            object_id=dataset_id,
+            force=force,
+        )

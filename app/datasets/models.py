@@ -3,7 +3,7 @@
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, LargeBinary, String
+from sqlalchemy import JSON, ForeignKey, LargeBinary, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.database import Base, UTCDateTime, utcnow
@@ -14,14 +14,19 @@ class Dataset(Base):
 
     __tablename__ = "datasets"
     # Runs name datasets by id, so an id must never come back for another dataset.
-    __table_args__ = ({"sqlite_autoincrement": True},)
+    __table_args__ = (
+        # Per project: the same upload in another project is that project's own dataset.
+        UniqueConstraint("project", "fingerprint"),
+        {"sqlite_autoincrement": True},
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
+    project: Mapped[str] = mapped_column(ForeignKey("projects.name"), index=True)
     name: Mapped[str] = mapped_column(String(255))
     # sha256 of the uploaded bytes; the fingerprint adds the options, so the same file read
     # with another target is another dataset while an identical upload is found again.
     sha256: Mapped[str] = mapped_column(String(64), index=True)
-    fingerprint: Mapped[str] = mapped_column(String(64), unique=True)
+    fingerprint: Mapped[str] = mapped_column(String(64))
     format: Mapped[str] = mapped_column(String(16))
     size_bytes: Mapped[int]
     task: Mapped[str] = mapped_column(String(16))

@@ -9,6 +9,7 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import ImmutableMultiDict, UploadFile
 
+from app.access import TrainAccess
 from app.body_limit import BodyTooLargeError
 from app.config import Limits
 from app.database import Database
@@ -26,6 +27,7 @@ from app.datasets.schemas import (
     DatasetSummary,
 )
 from app.dependencies import DatabaseDep, ReadSessionDep, SettingsDep
+from app.principal import Principal
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
 Options = TypeVar("Options", bound=DatasetOptions)
@@ -107,11 +109,19 @@ def _answer(dataset: Dataset, created: bool, response: Response) -> DatasetRead:
     openapi_extra=UPLOAD_BODY,
     responses={
         200: {"description": "The same bytes with the same options were already stored"},
-        413: {"description": "The upload is over max_dataset_bytes"},
+        413: {
+            "description": "The upload is over max_dataset_bytes, or decodes to more than the "
+            "limits allow (max_rows, max_features, max_cells, max_dataset_columns, "
+            "max_decoded_bytes)"
+        },
     },
 )
 async def upload_dataset(
-    request: Request, response: Response, database: DatabaseDep, settings: SettingsDep
+    request: Request,
+    response: Response,
+    database: DatabaseDep,
+    settings: SettingsDep,
+    principal: TrainAccess,
 ) -> DatasetRead:
     """Upload a CSV or Parquet file (multipart, or the whole body), or JSON records or columns."""
     # Multipart carries the options as fields; a raw body (e.g. text/csv) as query parameters.
@@ -130,6 +140,7 @@ async def upload_dataset(
                 records=body.records,
                 columns=body.columns,
                 limits=limits,
+                principal=principal,
             )
 
         return _answer(*await run_in_threadpool(store_json), response)
@@ -140,7 +151,7 @@ async def upload_dataset(
             # Writes land in the page cache, so they barely hold up the event loop.
             async for chunk in request.stream():
                 spool.write(chunk)
-            stored = await _store_file(database, spool, options.name, options, limits)
+            stored = await _store_file(database, spool, options.name, options, limits, principal)
         return _answer(*stored, response)
     async with request.form(max_files=1, max_fields=32) as form:
         upload = form.get("file")
@@ -148,7 +159,7 @@ async def upload_dataset(
             raise DatasetInputError(("file",), "the multipart field `file` is missing")
         options = _form_options(form)
         name = options.name or upload.filename
-        stored = await _store_file(database, upload.file, name, options, limits)
+        stored = await _store_file(database, upload.file, name, options, limits, principal)
     return _answer(*stored, response)
 
 
@@ -158,6 +169,7 @@ async def _store_file(
     name: str | None,
     options: DatasetOptions,
     limits: Limits,
+    principal: Principal,
 ) -> tuple[Dataset, bool]:
     return await run_in_threadpool(
         lambda: flows.store_file(
@@ -166,6 +178,7 @@ async def _store_file(
             name=name or "upload",
             options=_ingest_options(options),
             limits=limits,
+            principal=principal,
         )
     )
 
@@ -176,16 +189,23 @@ async def _store_file(
     responses={200: {"description": "The built-in dataset was already stored"}},
 )
 def store_builtin(
-    name: str, response: Response, database: DatabaseDep, settings: SettingsDep
+    name: str,
+    response: Response,
+    database: DatabaseDep,
+    settings: SettingsDep,
+    principal: TrainAccess,
 ) -> DatasetRead:
     """Store a dataset shipped with fitserve (see `GET /datasets?builtin=true`)."""
-    stored = flows.store_builtin(database=database, name=name, limits=settings.limits)
+    stored = flows.store_builtin(
+        database=database, name=name, limits=settings.limits, principal=principal
+    )
     return _answer(*stored, response)
 
 
 @router.get("")
 def list_datasets(
     session: ReadSessionDep,
+    principal: TrainAccess,
     builtin: Annotated[bool, Query(description="List the built-in datasets instead.")] = False,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[
@@ -203,7 +223,10 @@ def list_datasets(
             ]
         )
     datasets, next_id = service.list_datasets(
-        session=session, limit=limit, before_id=int(cursor) if cursor else None
+        session=session,
+        project=principal.project,
+        limit=limit,
+        before_id=int(cursor) if cursor else None,
     )
     return DatasetPage(
         items=[DatasetSummary.model_validate(dataset) for dataset in datasets],
@@ -212,9 +235,10 @@ def list_datasets(
 
 
 @router.get("/{dataset_id}")
-def get_dataset(dataset_id: int, session: ReadSessionDep) -> DatasetRead:
+def get_dataset(dataset_id: int, session: ReadSessionDep, principal: TrainAccess) -> DatasetRead:
     """One dataset: schema, per-column statistics and the first 10 rows."""
-    return DatasetRead.model_validate(service.get_dataset(session=session, dataset_id=dataset_id))
+    dataset = service.get_dataset(session=session, dataset_id=dataset_id, project=principal.project)
+    return DatasetRead.model_validate(dataset)
 
 
 @router.delete("/{dataset_id}", status_code=status.HTTP_204_NO_CONTENT)
@@ -222,7 +246,10 @@ def delete_dataset(
     dataset_id: int,
     database: DatabaseDep,
     users: DatasetUsersDep,
+    principal: TrainAccess,
     force: Annotated[bool, Query(description="Delete even while runs refer to it.")] = False,
 ) -> None:
     """Delete a dataset; 409 while runs refer to it unless `force=true`."""
-    flows.delete_dataset(database=database, dataset_id=dataset_id, force=force, users=users)
+    flows.delete_dataset(
+        database=database, dataset_id=dataset_id, force=force, users=users, principal=principal
+    )

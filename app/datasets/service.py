@@ -9,7 +9,7 @@ from typing import Any, BinaryIO, Protocol
 
 import numpy as np
 import torch
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, undefer
 
@@ -28,6 +28,7 @@ from app.datasets.ingest import (
 from app.datasets.models import Dataset
 from app.errors import ConflictError, NotFoundError
 from app.pagination import newest_first
+from app.projects import service as projects
 from app.training.data import Table, encode_labels, materialize
 from app.training.spec import DatasetRef, DatasetSpec, Task
 
@@ -88,23 +89,26 @@ def _store_once(
     session: Session,
     *,
     reader: Session,
+    project: str,
     sha256: str,
     size_bytes: int,
     name: str,
     options: IngestOptions,
     ingest: Callable[[], Ingested],
 ) -> tuple[Dataset, bool]:
-    """The dataset for these bytes and options: found again, or ingested and added now.
+    """The project's dataset for these bytes and options: found again, or ingested and added.
 
     The lookup goes through `reader`, so the write transaction, which holds SQLite's write
     lock, starts only at the insert, after the long parse.
     """
     fingerprint = _fingerprint(sha256, options)
-    existing = _by_fingerprint(reader, fingerprint)
+    existing = _by_fingerprint(reader, project, fingerprint)
     if existing is not None:
         return existing, False
+    _check_storage_quota(reader, project, size_bytes)
     ingested = ingest()
     dataset = Dataset(
+        project=project,
         name=name,
         sha256=sha256,
         fingerprint=fingerprint,
@@ -125,21 +129,41 @@ def _store_once(
             session.add(dataset)
     except IntegrityError:
         # The same upload raced this one and was stored first.
-        existing = _by_fingerprint(session, fingerprint)
+        existing = _by_fingerprint(session, project, fingerprint)
         if existing is None:
             raise
         return existing, False
     return dataset, True
 
 
-def _by_fingerprint(session: Session, fingerprint: str) -> Dataset | None:
-    return session.scalars(select(Dataset).where(Dataset.fingerprint == fingerprint)).one_or_none()
+def _by_fingerprint(session: Session, project: str, fingerprint: str) -> Dataset | None:
+    return session.scalars(
+        select(Dataset).where(Dataset.project == project, Dataset.fingerprint == fingerprint)
+    ).one_or_none()
+
+
+def _check_storage_quota(session: Session, project: str, size_bytes: int) -> None:
+    limit = projects.get_project(session=session, name=project).max_dataset_bytes
+    if limit is None:
+        return
+    stored = session.scalar(
+        select(func.coalesce(func.sum(Dataset.size_bytes), 0)).where(Dataset.project == project)
+    )
+    projects.check_quota(
+        used=int(stored or 0),
+        adding=size_bytes,
+        limit=limit,
+        what="max_dataset_bytes",
+        project=project,
+        retry_after=projects.RETRY_AFTER_STORAGE_SECONDS,
+    )
 
 
 def store_file(
     *,
     session: Session,
     reader: Session,
+    project: str,
     stream: BinaryIO,
     name: str,
     options: IngestOptions,
@@ -150,6 +174,7 @@ def store_file(
     return _store_once(
         session,
         reader=reader,
+        project=project,
         sha256=sha256_of(stream),
         size_bytes=size_bytes,
         name=name,
@@ -162,6 +187,7 @@ def store_json(
     *,
     session: Session,
     reader: Session,
+    project: str,
     name: str,
     options: IngestOptions,
     records: list[dict[str, Any]] | None,
@@ -174,6 +200,7 @@ def store_json(
     return _store_once(
         session,
         reader=reader,
+        project=project,
         sha256=hashlib.sha256(canonical).hexdigest(),
         size_bytes=len(canonical),
         name=name,
@@ -188,7 +215,7 @@ def store_json(
 
 
 def store_builtin(
-    *, session: Session, reader: Session, name: str, limits: Limits
+    *, session: Session, reader: Session, project: str, name: str, limits: Limits
 ) -> tuple[Dataset, bool]:
     """Store a built-in dataset by name (a no-op returning it when already stored)."""
     builtin = BUILTINS.get(name)
@@ -201,6 +228,7 @@ def store_builtin(
         return store_file(
             session=session,
             reader=reader,
+            project=project,
             stream=stream,
             name=name,
             options=IngestOptions(target=builtin.target, task=builtin.task),
@@ -208,30 +236,32 @@ def store_builtin(
         )
 
 
-def get_dataset(*, session: Session, dataset_id: int) -> Dataset:
-    """The dataset with that id (without its rows)."""
+def get_dataset(*, session: Session, dataset_id: int, project: str) -> Dataset:
+    """The project's dataset with that id (without its rows)."""
     dataset = session.get(Dataset, dataset_id)
-    if dataset is None:
+    if dataset is None or dataset.project != project:
         raise DatasetNotFoundError(f"dataset {dataset_id} not found")
     return dataset
 
 
 def list_datasets(
-    *, session: Session, limit: int, before_id: int | None
+    *, session: Session, project: str, limit: int, before_id: int | None
 ) -> tuple[Sequence[Dataset], int | None]:
-    """A page of datasets, newest first, and the id to continue before (None at the end)."""
+    """A page of the project's datasets, newest first, and the id to continue before."""
     return newest_first(
         session=session,
-        query=select(Dataset),
+        query=select(Dataset).where(Dataset.project == project),
         id_column=Dataset.id,
         limit=limit,
         before_id=before_id,
     )
 
 
-def delete_dataset(*, session: Session, dataset_id: int, force: bool, users: DatasetUsers) -> None:
+def delete_dataset(
+    *, session: Session, dataset_id: int, project: str, force: bool, users: DatasetUsers
+) -> None:
     """Delete a dataset; refused while runs refer to it unless forced (they then fail to run)."""
-    dataset = get_dataset(session=session, dataset_id=dataset_id)
+    dataset = get_dataset(session=session, dataset_id=dataset_id, project=project)
     runs = users(session=session, dataset_id=dataset_id)
     if runs and not force:
         shown = ", ".join(str(run_id) for run_id in runs[:10])
@@ -265,10 +295,10 @@ def _check_ref(dataset: Dataset, ref: DatasetRef, task: Task) -> list[str]:
     return ref.features or dataset.features
 
 
-def stored_for_run(*, session: Session, ref: DatasetRef) -> Dataset:
-    """The stored dataset a run names; a 422 naming `dataset.id` when there is none."""
+def stored_for_run(*, session: Session, ref: DatasetRef, project: str) -> Dataset:
+    """The project's stored dataset a run names; a 422 naming `dataset.id` when there is none."""
     dataset = session.get(Dataset, ref.id)
-    if dataset is None:
+    if dataset is None or dataset.project != project:
         raise DatasetInputError(("dataset", "id"), f"dataset {ref.id} does not exist")
     return dataset
 

@@ -12,9 +12,12 @@ class RegisteredModel(Base):
     """A model name; its versions point at succeeded runs."""
 
     __tablename__ = "registered_models"
+    # Names are per project: two teams may each have a `churn`.
+    __table_args__ = (UniqueConstraint("project", "name"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    name: Mapped[str] = mapped_column(String(128), unique=True)
+    project: Mapped[str] = mapped_column(ForeignKey("projects.name"), index=True)
+    name: Mapped[str] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 

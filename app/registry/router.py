@@ -4,6 +4,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Response, status
 
+from app.access import PredictAccess, TrainAccess
 from app.dependencies import DatabaseDep, ReadSessionDep
 from app.registry import flows, service
 from app.registry.dependencies import RegistryEventsDep
@@ -26,11 +27,19 @@ AliasPath = Annotated[
 
 @router.post("", status_code=status.HTTP_201_CREATED)
 def register(
-    request: RegisterRequest, response: Response, database: DatabaseDep, events: RegistryEventsDep
+    request: RegisterRequest,
+    response: Response,
+    database: DatabaseDep,
+    events: RegistryEventsDep,
+    principal: TrainAccess,
 ) -> VersionRead:
     """Register a succeeded run as the next version of a model (created on first use)."""
     version = flows.register_version(
-        database=database, name=request.name, run_id=request.run_id, events=events
+        database=database,
+        name=request.name,
+        run_id=request.run_id,
+        events=events,
+        principal=principal,
     )
     response.headers["Location"] = f"/models/{request.name}"
     return VersionRead(
@@ -43,21 +52,23 @@ def register(
 
 
 @router.get("")
-def list_models(session: ReadSessionDep) -> list[ModelSummary]:
+def list_models(session: ReadSessionDep, principal: PredictAccess) -> list[ModelSummary]:
     """Every model by name, with its latest version and aliases."""
-    return service.list_models(session=session)
+    return service.list_models(session=session, project=principal.project)
 
 
 @router.get("/{name}")
-def get_model(name: str, session: ReadSessionDep) -> ModelRead:
+def get_model(name: str, session: ReadSessionDep, principal: PredictAccess) -> ModelRead:
     """A model's versions with their source runs and metrics, and its aliases."""
-    return service.describe_model(session=session, name=name)
+    return service.describe_model(session=session, project=principal.project, name=name)
 
 
 @router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT)
-def delete_model(name: str, database: DatabaseDep, events: RegistryEventsDep) -> None:
+def delete_model(
+    name: str, database: DatabaseDep, events: RegistryEventsDep, principal: TrainAccess
+) -> None:
     """Forget a model with its versions and aliases; its runs stay (and become deletable)."""
-    flows.delete_model(database=database, name=name, events=events)
+    flows.delete_model(database=database, name=name, events=events, principal=principal)
 
 
 @router.put("/{name}/aliases/{alias}")
@@ -67,17 +78,29 @@ def set_alias(
     request: AliasRequest,
     database: DatabaseDep,
     events: RegistryEventsDep,
+    principal: TrainAccess,
 ) -> AliasRead:
     """Point an alias at a version: create it or move it."""
     version = flows.set_alias(
-        database=database, name=name, alias=alias, version=request.version, events=events
+        database=database,
+        name=name,
+        alias=alias,
+        version=request.version,
+        events=events,
+        principal=principal,
     )
     return AliasRead(name=name, alias=alias, version=version.version, run_id=version.run_id)
 
 
 @router.delete("/{name}/aliases/{alias}", status_code=status.HTTP_204_NO_CONTENT)
 def delete_alias(
-    name: str, alias: AliasPath, database: DatabaseDep, events: RegistryEventsDep
+    name: str,
+    alias: AliasPath,
+    database: DatabaseDep,
+    events: RegistryEventsDep,
+    principal: TrainAccess,
 ) -> None:
     """Drop an alias; predictions by it answer 404 from then on."""
-    flows.delete_alias(database=database, name=name, alias=alias, events=events)
+    flows.delete_alias(
+        database=database, name=name, alias=alias, events=events, principal=principal
+    )

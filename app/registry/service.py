@@ -65,8 +65,9 @@ class RunRegisteredError(RunStateError):
 
 @dataclass(frozen=True)
 class ModelRef:
-    """A model name with a version, an alias, or neither (the latest version)."""
+    """A project's model name with a version, an alias, or neither (the latest version)."""
 
+    project: str
     name: str
     version: int | None = None
     alias: str | None = None
@@ -77,13 +78,13 @@ class ModelRef:
         return self.name if self.version is None else f"{self.name}:{self.version}"
 
 
-def parse_model_ref(*, text: str) -> ModelRef:
-    """`name`, `name@alias` or `name:3` as a ModelRef (the text is already validated)."""
+def parse_model_ref(*, text: str, project: str) -> ModelRef:
+    """`name`, `name@alias` or `name:3` of the project as a ModelRef (text already validated)."""
     match = _MODEL_REF.match(text)
     if match is None:
         raise ValueError(f"{text!r} is not name, name@alias or name:version")
     version = match["version"]
-    return ModelRef(match["name"], int(version) if version else None, match["alias"])
+    return ModelRef(project, match["name"], int(version) if version else None, match["alias"])
 
 
 @dataclass(frozen=True)
@@ -111,41 +112,43 @@ def bump_generation(*, session: Session) -> None:
     )
 
 
-def _model(session: Session, name: str, *, lock: bool = False) -> RegisteredModel:
-    query = select(RegisteredModel).where(RegisteredModel.name == name)
+def _model(session: Session, project: str, name: str, *, lock: bool = False) -> RegisteredModel:
+    query = select(RegisteredModel).where(
+        RegisteredModel.project == project, RegisteredModel.name == name
+    )
     model = session.scalars(query.with_for_update() if lock else query).one_or_none()
     if model is None:
         raise ModelNotFoundError(name)
     return model
 
 
-def _locked_or_new_model(session: Session, name: str) -> RegisteredModel:
+def _locked_or_new_model(session: Session, project: str, name: str) -> RegisteredModel:
     try:
-        return _model(session, name, lock=True)
+        return _model(session, project, name, lock=True)
     except ModelNotFoundError:
         pass
-    model = RegisteredModel(name=name)
+    model = RegisteredModel(project=project, name=name)
     try:
         with session.begin_nested():
             session.add(model)
     except IntegrityError:
         # A concurrent registration created the name first; queue behind it.
-        return _model(session, name, lock=True)
+        return _model(session, project, name, lock=True)
     return model
 
 
-def register_version(*, session: Session, name: str, run_id: int) -> ModelVersion:
-    """Register a succeeded run as the next version of `name`, creating the model if new."""
+def register_version(*, session: Session, project: str, name: str, run_id: int) -> ModelVersion:
+    """Register the project's succeeded run as the next version of `name` (created if new)."""
     row = session.execute(
         select(Run.status, Weights.sha256)
         .outerjoin(Weights, Weights.run_id == Run.id)
-        .where(Run.id == run_id)
+        .where(Run.id == run_id, Run.project == project)
     ).one_or_none()
     if row is None:
         raise RunNotFoundError(run_id)
     if row.status != RunStatus.SUCCEEDED or row.sha256 is None:
         raise RunStateError(f"run {run_id} is {row.status}; only succeeded runs can be registered")
-    model = _locked_or_new_model(session, name)
+    model = _locked_or_new_model(session, project, name)
     latest = session.scalar(
         select(func.max(ModelVersion.version)).where(ModelVersion.model_id == model.id)
     )
@@ -186,9 +189,9 @@ def _versions(session: Session, model: RegisteredModel) -> list[VersionDetail]:
     ]
 
 
-def describe_model(*, session: Session, name: str) -> ModelRead:
+def describe_model(*, session: Session, project: str, name: str) -> ModelRead:
     """A model with every version, its source run's metrics, and its aliases."""
-    model = _model(session, name)
+    model = _model(session, project, name)
     versions = _versions(session, model)
     return ModelRead(
         name=model.name,
@@ -199,21 +202,27 @@ def describe_model(*, session: Session, name: str) -> ModelRead:
     )
 
 
-def list_models(*, session: Session) -> list[ModelSummary]:
-    """Every model by name, with its latest version and aliases (versions left out)."""
-    models = session.scalars(select(RegisteredModel).order_by(RegisteredModel.name)).all()
+def list_models(*, session: Session, project: str) -> list[ModelSummary]:
+    """The project's models by name, with latest version and aliases (versions left out)."""
+    models = session.scalars(
+        select(RegisteredModel)
+        .where(RegisteredModel.project == project)
+        .order_by(RegisteredModel.name)
+    ).all()
+    in_project = select(RegisteredModel.id).where(RegisteredModel.project == project)
     latest: dict[int, int] = {
         model_id: version
         for model_id, version in session.execute(
-            select(ModelVersion.model_id, func.max(ModelVersion.version)).group_by(
-                ModelVersion.model_id
-            )
+            select(ModelVersion.model_id, func.max(ModelVersion.version))
+            .where(ModelVersion.model_id.in_(in_project))
+            .group_by(ModelVersion.model_id)
         )
     }
     aliases: dict[int, dict[str, int]] = {}
     for model_id, alias, version in session.execute(
         select(ModelAlias.model_id, ModelAlias.alias, ModelVersion.version)
         .join(ModelVersion, ModelVersion.id == ModelAlias.version_id)
+        .where(ModelAlias.model_id.in_(in_project))
         .order_by(ModelAlias.alias)
     ):
         aliases.setdefault(model_id, {})[alias] = version
@@ -228,11 +237,13 @@ def list_models(*, session: Session) -> list[ModelSummary]:
     ]
 
 
-def set_alias(*, session: Session, name: str, alias: str, version: int) -> ModelVersion:
+def set_alias(
+    *, session: Session, project: str, name: str, alias: str, version: int
+) -> ModelVersion:
     """Point the alias at a version of the model, creating or moving it."""
     if alias in RESERVED_ALIASES:
         raise ReservedAliasError(alias)
-    model = _model(session, name, lock=True)
+    model = _model(session, project, name, lock=True)
     target = session.scalars(
         select(ModelVersion).where(
             ModelVersion.model_id == model.id, ModelVersion.version == version
@@ -250,9 +261,9 @@ def set_alias(*, session: Session, name: str, alias: str, version: int) -> Model
     return target
 
 
-def delete_alias(*, session: Session, name: str, alias: str) -> None:
+def delete_alias(*, session: Session, project: str, name: str, alias: str) -> None:
     """Drop the alias; calls by it answer 404 from then on."""
-    model = _model(session, name, lock=True)
+    model = _model(session, project, name, lock=True)
     result = session.execute(
         delete(ModelAlias)
         .where(ModelAlias.model_id == model.id, ModelAlias.alias == alias)
@@ -263,9 +274,9 @@ def delete_alias(*, session: Session, name: str, alias: str) -> None:
     bump_generation(session=session)
 
 
-def delete_model(*, session: Session, name: str) -> None:
+def delete_model(*, session: Session, project: str, name: str) -> None:
     """Forget the model, its versions and aliases; the runs stay."""
-    model = _model(session, name, lock=True)
+    model = _model(session, project, name, lock=True)
     session.delete(model)
     session.flush()
     bump_generation(session=session)
@@ -276,7 +287,7 @@ def resolve(*, session: Session, ref: ModelRef) -> Resolution:
     query = (
         select(ModelVersion.version, ModelVersion.run_id, ModelVersion.weights_sha256)
         .join(RegisteredModel, RegisteredModel.id == ModelVersion.model_id)
-        .where(RegisteredModel.name == ref.name)
+        .where(RegisteredModel.project == ref.project, RegisteredModel.name == ref.name)
     )
     if ref.alias is not None:
         query = query.join(ModelAlias, ModelAlias.version_id == ModelVersion.id).where(
@@ -288,7 +299,7 @@ def resolve(*, session: Session, ref: ModelRef) -> Resolution:
         query = query.order_by(ModelVersion.version.desc()).limit(1)
     row = session.execute(query).one_or_none()
     if row is None:
-        _model(session, ref.name)
+        _model(session, ref.project, ref.name)
         if ref.alias is not None:
             raise AliasNotFoundError(ref.name, ref.alias)
         raise VersionNotFoundError(ref.name, ref.version or 0)

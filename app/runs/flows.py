@@ -6,9 +6,12 @@ from typing import Protocol, cast
 
 from sqlalchemy.orm import Session
 
+from app.audit import service as audit
 from app.config import Settings
 from app.database import Database, unit_of_work
 from app.datasets import service as datasets
+from app.principal import Principal
+from app.projects import service as projects
 from app.runs import service
 from app.runs.models import Run
 from app.training.spec import DatasetRef, RunRequest, RunSpec, Task, resolve_spec
@@ -48,15 +51,26 @@ class RunEvents:
     deleted: Callable[[int], None] = _forget
 
 
-def resolved_spec(*, session: Session, request: RunRequest) -> tuple[RunSpec, tuple[int, int, int]]:
+def resolved_spec(
+    *, session: Session, request: RunRequest, project: str
+) -> tuple[RunSpec, tuple[int, int, int]]:
     """The request as a spec to train, and the rows, features and outputs it trains on."""
     ref = request.dataset
     if not isinstance(ref, DatasetRef):
         spec = resolve_spec(request)
         return spec, service.dataset_shape(spec)
-    dataset = datasets.stored_for_run(session=session, ref=ref)
+    dataset = datasets.stored_for_run(session=session, ref=ref, project=project)
     spec = resolve_spec(request, dataset_task=cast(Task, dataset.task))
     return spec, datasets.shape_for_run(dataset=dataset, ref=ref, task=spec.task)
+
+
+def _rows(*, session: Session, run: Run) -> int:
+    """How many rows the run trains on."""
+    spec = RunSpec.model_validate(run.spec)
+    if not isinstance(spec.dataset, DatasetRef):
+        return service.dataset_shape(spec)[0]
+    dataset = datasets.stored_for_run(session=session, ref=spec.dataset, project=run.project)
+    return datasets.shape_for_run(dataset=dataset, ref=spec.dataset, task=spec.task)[0]
 
 
 def submit_run(
@@ -65,44 +79,81 @@ def submit_run(
     request: RunRequest,
     settings: Settings,
     events: RunEvents,
+    principal: Principal,
     idempotency_key: str | None = None,
 ) -> tuple[Run, bool]:
     """Queue a run, or find the one an earlier request with the key queued; wake a worker."""
     with unit_of_work(database.sessions) as session:
-        spec, shape = resolved_spec(session=session, request=request)
+        spec, shape = resolved_spec(session=session, request=request, project=principal.project)
         service.check_limits(spec=spec, limits=settings.limits, shape=shape)
+        project = projects.get_project(session=session, name=principal.project)
+        service.check_run_quota(session=session, project=project, rows=shape[0], epochs=spec.epochs)
         run, created = service.create_run(
             session=session,
+            project=principal.project,
             spec=spec,
             default_max_attempts=settings.default_max_attempts,
             idempotency_key=idempotency_key,
         )
+        if created:
+            audit.record(
+                session=session, principal=principal, action="run.create", object_id=run.id
+            )
     if created:
         events.queued()
     return run, created
 
 
-def cancel_run(*, database: Database, run_id: int) -> Run:
+def cancel_run(*, database: Database, run_id: int, principal: Principal) -> Run:
     """Cancel a queued run, or ask a running one to stop at its next batch."""
     with unit_of_work(database.sessions) as session:
-        return service.cancel_run(session=session, run_id=run_id)
+        run = service.cancel_run(session=session, run_id=run_id, project=principal.project)
+        audit.record(session=session, principal=principal, action="run.cancel", object_id=run_id)
+    return run
 
 
 def resume_run(
-    *, database: Database, run_id: int, epochs: int | None, settings: Settings, events: RunEvents
+    *,
+    database: Database,
+    run_id: int,
+    epochs: int | None,
+    settings: Settings,
+    events: RunEvents,
+    principal: Principal,
 ) -> Run:
     """Queue a cancelled or failed run again from its checkpoint; wake a worker."""
     with unit_of_work(database.sessions) as session:
+        run = service.get_run(session=session, run_id=run_id, project=principal.project)
+        project = projects.get_project(session=session, name=principal.project)
+        service.check_run_quota(
+            session=session,
+            project=project,
+            rows=_rows(session=session, run=run),
+            epochs=epochs or run.epochs_total,
+        )
         run = service.resume_run(
-            session=session, run_id=run_id, epochs=epochs, limits=settings.limits
+            session=session,
+            run_id=run_id,
+            project=principal.project,
+            epochs=epochs,
+            limits=settings.limits,
+        )
+        audit.record(
+            session=session,
+            principal=principal,
+            action="run.resume",
+            object_id=run_id,
+            epochs=run.epochs_total,
         )
     events.queued()
     return run
 
 
-def delete_run(*, database: Database, run_id: int, events: RunEvents) -> None:
+def delete_run(*, database: Database, run_id: int, events: RunEvents, principal: Principal) -> None:
     """Delete a run that is not executing, unless another part refuses; then let it forget."""
     with unit_of_work(database.sessions) as session:
+        service.get_run(session=session, run_id=run_id, project=principal.project)
         events.deleting(session=session, run_id=run_id)
-        service.delete_run(session=session, run_id=run_id)
+        service.delete_run(session=session, run_id=run_id, project=principal.project)
+        audit.record(session=session, principal=principal, action="run.delete", object_id=run_id)
     events.deleted(run_id)

@@ -43,11 +43,13 @@ class Run(Base):
     __table_args__ = (
         Index("ix_runs_status_id", "status", "id"),
         Index("ix_runs_status_lease", "status", "lease_expires_at"),
+        UniqueConstraint("project", "idempotency_key"),
         # Ids are never reused, so a cached model keyed by run id can never outlive its run.
         {"sqlite_autoincrement": True},
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
+    project: Mapped[str] = mapped_column(ForeignKey("projects.name"), index=True)
     status: Mapped[str] = mapped_column(String(16), default=RunStatus.QUEUED)
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     # SET NULL: a dataset deleted with force=true leaves its runs, which then fail to run.
@@ -59,7 +61,8 @@ class Run(Base):
     device: Mapped[str | None] = mapped_column(String(32))
     epochs_total: Mapped[int]
     epochs_done: Mapped[int] = mapped_column(default=0)
-    idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
+    # Unique per project: two teams may pick the same key.
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
 
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     queued_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -4,6 +4,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response, status
 
+from app.access import TrainAccess
 from app.dependencies import DatabaseDep, ReadSessionDep, SettingsDep
 from app.runs import flows, service
 from app.runs.dependencies import RunEventsDep
@@ -26,6 +27,7 @@ def create_run(
     database: DatabaseDep,
     settings: SettingsDep,
     events: RunEventsDep,
+    principal: TrainAccess,
     idempotency_key: Annotated[
         str | None,
         Header(max_length=255, description="Retries with the same key return the same run."),
@@ -37,6 +39,7 @@ def create_run(
         request=spec,
         settings=settings,
         events=events,
+        principal=principal,
         idempotency_key=idempotency_key,
     )
     if not created:
@@ -48,6 +51,7 @@ def create_run(
 @router.get("")
 def list_runs(
     session: ReadSessionDep,
+    principal: TrainAccess,
     status_filter: Annotated[RunStatus | None, Query(alias="status")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[
@@ -57,6 +61,7 @@ def list_runs(
     """Runs, newest first, one page at a time (inline dataset rows left out)."""
     runs, next_id = service.list_runs(
         session=session,
+        project=principal.project,
         status=status_filter,
         limit=limit,
         before_id=int(cursor) if cursor else None,
@@ -73,17 +78,18 @@ def list_runs(
 
 
 @router.get("/{run_id}")
-def get_run(run_id: int, session: ReadSessionDep) -> RunRead:
+def get_run(run_id: int, session: ReadSessionDep, principal: TrainAccess) -> RunRead:
     """One run: status, progress, device, times, metrics, error."""
-    return RunRead.model_validate(service.get_run(session=session, run_id=run_id))
+    run = service.get_run(session=session, run_id=run_id, project=principal.project)
+    return RunRead.model_validate(run)
 
 
 @router.get("/{run_id}/epochs")
-def list_epochs(run_id: int, session: ReadSessionDep) -> list[EpochRead]:
+def list_epochs(run_id: int, session: ReadSessionDep, principal: TrainAccess) -> list[EpochRead]:
     """One row per finished epoch."""
     return [
         EpochRead.model_validate(epoch)
-        for epoch in service.list_epochs(session=session, run_id=run_id)
+        for epoch in service.list_epochs(session=session, run_id=run_id, project=principal.project)
     ]
 
 
@@ -95,10 +101,11 @@ def list_epochs(run_id: int, session: ReadSessionDep) -> list[EpochRead]:
 def get_weights(
     run_id: int,
     session: ReadSessionDep,
+    principal: TrainAccess,
     format: Annotated[str, Query(pattern="^(json|safetensors)$")] = "json",
 ) -> WeightsRead | Response:
     """The learned weights as JSON, or `?format=safetensors` for the file."""
-    weights = service.get_weights(session=session, run_id=run_id)
+    weights = service.get_weights(session=session, run_id=run_id, project=principal.project)
     if format == "safetensors":
         return Response(
             weights.data,
@@ -117,9 +124,10 @@ def get_weights(
 
 
 @router.post("/{run_id}/cancel")
-def cancel_run(run_id: int, database: DatabaseDep) -> RunRead:
+def cancel_run(run_id: int, database: DatabaseDep, principal: TrainAccess) -> RunRead:
     """Cancel a queued run, or stop a running one at its next batch (it keeps a checkpoint)."""
-    return RunRead.model_validate(flows.cancel_run(database=database, run_id=run_id))
+    run = flows.cancel_run(database=database, run_id=run_id, principal=principal)
+    return RunRead.model_validate(run)
 
 
 @router.post("/{run_id}/resume")
@@ -128,6 +136,7 @@ def resume_run(
     database: DatabaseDep,
     settings: SettingsDep,
     events: RunEventsDep,
+    principal: TrainAccess,
     request: ResumeRequest | None = None,
 ) -> RunRead:
     """Continue a cancelled or failed run from its last checkpoint, optionally with more epochs."""
@@ -137,11 +146,14 @@ def resume_run(
         epochs=request.epochs if request else None,
         settings=settings,
         events=events,
+        principal=principal,
     )
     return RunRead.model_validate(run)
 
 
 @router.delete("/{run_id}", status_code=status.HTTP_204_NO_CONTENT)
-def delete_run(run_id: int, database: DatabaseDep, events: RunEventsDep) -> None:
+def delete_run(
+    run_id: int, database: DatabaseDep, events: RunEventsDep, principal: TrainAccess
+) -> None:
     """Delete a run that is not executing nor a registered model version, with its data."""
-    flows.delete_run(database=database, run_id=run_id, events=events)
+    flows.delete_run(database=database, run_id=run_id, events=events, principal=principal)

@@ -3,7 +3,7 @@
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import delete, exists, select, update
+from sqlalchemy import delete, exists, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -13,6 +13,8 @@ from app.datasets.ingest import DatasetInputError
 from app.datasets.models import Dataset
 from app.errors import ConflictError, LimitExceededError, Loc, NotFoundError
 from app.pagination import newest_first
+from app.projects import service as projects
+from app.projects.models import Project
 from app.runs.models import Epoch, Run, RunStatus, Weights
 from app.training.data import label_order
 from app.training.modules import count_parameters
@@ -133,9 +135,35 @@ def runs_using_dataset(*, session: Session, dataset_id: int) -> list[int]:
     )
 
 
+def check_run_quota(*, session: Session, project: Project, rows: int, epochs: int) -> None:
+    """Refuse a run that would put the project over its queued-runs or run-size quota."""
+    projects.check_quota(
+        used=0,
+        adding=rows * epochs,
+        limit=project.max_rows_x_epochs,
+        what="max_rows_x_epochs",
+        project=project.name,
+        retry_after=projects.RETRY_AFTER_STORAGE_SECONDS,
+    )
+    queued = session.scalar(
+        select(func.count(Run.id)).where(
+            Run.project == project.name, Run.status == RunStatus.QUEUED
+        )
+    )
+    projects.check_quota(
+        used=queued or 0,
+        adding=1,
+        limit=project.max_queued_runs,
+        what="max_queued_runs",
+        project=project.name,
+        retry_after=projects.RETRY_AFTER_RUNS_SECONDS,
+    )
+
+
 def create_run(
     *,
     session: Session,
+    project: str,
     spec: RunSpec,
     default_max_attempts: int,
     idempotency_key: str | None = None,
@@ -146,10 +174,11 @@ def create_run(
     """
     stored_spec = spec.model_dump(mode="json")
     if idempotency_key is not None:
-        existing = _by_idempotency_key(session, idempotency_key, stored_spec)
+        existing = _by_idempotency_key(session, project, idempotency_key, stored_spec)
         if existing is not None:
             return existing, False
     run = Run(
+        project=project,
         spec=stored_spec,
         dataset_id=spec.dataset.id if isinstance(spec.dataset, DatasetRef) else None,
         task=spec.task,
@@ -164,7 +193,7 @@ def create_run(
     except IntegrityError:
         # A concurrent request with the same key won the race: answer with its run.
         if idempotency_key is not None:
-            existing = _by_idempotency_key(session, idempotency_key, stored_spec)
+            existing = _by_idempotency_key(session, project, idempotency_key, stored_spec)
             if existing is not None:
                 return existing, False
         # Or the stored dataset was deleted since it was checked (its foreign key failed).
@@ -179,8 +208,12 @@ def create_run(
     return run, True
 
 
-def _by_idempotency_key(session: Session, key: str, stored_spec: dict[str, Any]) -> Run | None:
-    run = session.scalars(select(Run).where(Run.idempotency_key == key)).one_or_none()
+def _by_idempotency_key(
+    session: Session, project: str, key: str, stored_spec: dict[str, Any]
+) -> Run | None:
+    run = session.scalars(
+        select(Run).where(Run.project == project, Run.idempotency_key == key)
+    ).one_or_none()
     if run is not None and run.spec != stored_spec:
         raise RunStateError(
             f"Idempotency-Key {key!r} was already used for run {run.id} with a different spec"
@@ -188,19 +221,26 @@ def _by_idempotency_key(session: Session, key: str, stored_spec: dict[str, Any])
     return run
 
 
-def get_run(*, session: Session, run_id: int) -> Run:
-    """The run with that id."""
+def get_run(*, session: Session, run_id: int, project: str) -> Run:
+    """The project's run with that id; another project's run is not found either."""
     run = session.get(Run, run_id)
-    if run is None:
+    if run is None or run.project != project:
         raise RunNotFoundError(run_id)
     return run
 
 
 def list_runs(
-    *, session: Session, status: RunStatus | None, limit: int, before_id: int | None
+    *,
+    session: Session,
+    project: str,
+    status: RunStatus | None,
+    limit: int,
+    before_id: int | None,
 ) -> tuple[Sequence[Run], int | None]:
-    """A page of runs, newest first, and the id to continue before (None at the end)."""
-    query = select(Run) if status is None else select(Run).where(Run.status == status)
+    """A page of the project's runs, newest first, and the id to continue before (None: end)."""
+    query = select(Run).where(Run.project == project)
+    if status is not None:
+        query = query.where(Run.status == status)
     return newest_first(
         session=session, query=query, id_column=Run.id, limit=limit, before_id=before_id
     )
@@ -221,15 +261,15 @@ def listing_spec(*, spec: dict[str, Any]) -> dict[str, Any]:
     return {**spec, "dataset": summary}
 
 
-def list_epochs(*, session: Session, run_id: int) -> Sequence[Epoch]:
+def list_epochs(*, session: Session, run_id: int, project: str) -> Sequence[Epoch]:
     """The run's finished epochs in order."""
-    get_run(session=session, run_id=run_id)
+    get_run(session=session, run_id=run_id, project=project)
     return session.scalars(select(Epoch).where(Epoch.run_id == run_id).order_by(Epoch.epoch)).all()
 
 
-def get_weights(*, session: Session, run_id: int) -> Weights:
+def get_weights(*, session: Session, run_id: int, project: str) -> Weights:
     """The run's final weights; a RunStateError while it has none."""
-    run = get_run(session=session, run_id=run_id)
+    run = get_run(session=session, run_id=run_id, project=project)
     weights = session.get(Weights, run_id)
     if weights is None:
         raise RunStateError(f"run {run_id} has no weights yet (status {run.status})")
@@ -249,21 +289,24 @@ def _conditional_update(
     return result.rowcount == 1
 
 
-def cancel_run(*, session: Session, run_id: int) -> Run:
+def cancel_run(*, session: Session, run_id: int, project: str) -> Run:
     """Cancel a queued run now; ask a running one to stop at its next batch."""
+    get_run(session=session, run_id=run_id, project=project)
     changed = _conditional_update(
         session, run_id, (RunStatus.QUEUED,), status=RunStatus.CANCELLED, finished_at=utcnow()
     ) or _conditional_update(session, run_id, (RunStatus.RUNNING,), status=RunStatus.CANCELLING)
-    run = get_run(session=session, run_id=run_id)
+    run = get_run(session=session, run_id=run_id, project=project)
     session.refresh(run)
     if not changed and run.status not in (RunStatus.CANCELLING, RunStatus.CANCELLED):
         raise RunStateError(f"run {run_id} is {run.status} and cannot be cancelled")
     return run
 
 
-def resume_run(*, session: Session, run_id: int, epochs: int | None, limits: Limits) -> Run:
+def resume_run(
+    *, session: Session, run_id: int, project: str, epochs: int | None, limits: Limits
+) -> Run:
     """Queue a cancelled or failed run again; it continues from its last checkpoint."""
-    run = get_run(session=session, run_id=run_id)
+    run = get_run(session=session, run_id=run_id, project=project)
     values: dict[str, Any] = {}
     if epochs is not None:
         if epochs > limits.max_epochs:
@@ -291,9 +334,9 @@ def resume_run(*, session: Session, run_id: int, epochs: int | None, limits: Lim
     return run
 
 
-def delete_run(*, session: Session, run_id: int) -> None:
+def delete_run(*, session: Session, run_id: int, project: str) -> None:
     """Delete a run that no worker is executing, with its epochs, checkpoint and weights."""
-    run = get_run(session=session, run_id=run_id)
+    run = get_run(session=session, run_id=run_id, project=project)
     result = session.execute(
         delete(Run)
         .where(Run.id == run_id, Run.status.not_in((RunStatus.RUNNING, RunStatus.CANCELLING)))

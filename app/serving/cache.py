@@ -18,6 +18,7 @@ class LoadedModel:
     """A module in eval mode with what a prediction needs to know about it."""
 
     run_id: int
+    project: str
     sha256: str
     module: torch.nn.Module
     architecture: Architecture

@@ -12,6 +12,7 @@ import re
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.access import Authenticates
 from app.registry.service import Resolution, parse_model_ref
 from app.serving.cache import LoadedModel
 from app.serving.schemas import PredictInputs, PredictRequest
@@ -24,27 +25,35 @@ _JSON_HEADERS = [(b"content-type", b"application/json")]
 class PredictFastPath:
     """ASGI middleware that answers warm predictions from the caches."""
 
-    def __init__(self, app: ASGIApp, *, serving: Serving) -> None:
+    def __init__(self, app: ASGIApp, *, serving: Serving, authenticator: Authenticates) -> None:
         self.app = app
         self.serving = serving
+        self.authenticator = authenticator
         settings = serving.settings
         # A body over the service's limit goes on to the app, whose body limit refuses it:
         # this path answers first, so it must not answer what the app would refuse.
         self._max_bytes = min(settings.predict_inline_max_bytes, settings.max_body_bytes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or not self._small_json(scope):
+        if scope["type"] != "http" or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
+        small_json, authorization = self._read_headers(scope)
         path = scope["path"]
         run_match = _RUN_PREDICT.match(path)
-        if path != "/predict" and run_match is None:
+        if not small_json or (path != "/predict" and run_match is None):
+            await self.app(scope, receive, send)
+            return
+        # A request the cache cannot authenticate gets the app's answer (401, 403).
+        principal = self.authenticator.cached(authorization)
+        if principal is None:
             await self.app(scope, receive, send)
             return
         body = await _read_body(receive)
         if body is None:
             return
-        answer = self._answer(body, int(run_match[1]) if run_match is not None else None)
+        run_id = int(run_match[1]) if run_match is not None else None
+        answer = self._answer(body, run_id, principal.project)
         if answer is None:
             await self.app(scope, _replaying(body, receive), send)
             return
@@ -52,31 +61,36 @@ class PredictFastPath:
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": answer})
 
-    def _small_json(self, scope: Scope) -> bool:
-        declared = content_type = None
+    def _read_headers(self, scope: Scope) -> tuple[bool, str | None]:
+        """Whether the body is small JSON of a declared length, and the Authorization header."""
+        declared = content_type = authorization = None
         for name, value in scope["headers"]:
             if name == b"content-length":
                 declared = value
             elif name == b"content-type":
                 content_type = value
+            elif name == b"authorization":
+                authorization = value.decode("latin-1")
             elif name == b"transfer-encoding":
-                return False
-        return (
+                return False, None
+        small_json = (
             content_type is not None
             and content_type.startswith(b"application/json")
             and declared is not None
             and declared.isdigit()
             and int(declared) <= self._max_bytes
         )
+        return small_json, authorization
 
-    def _answer(self, body: bytes, run_id: int | None) -> bytes | None:
+    def _answer(self, body: bytes, run_id: int | None, project: str) -> bytes | None:
         """The answer from memory, or None for the app to give."""
         resolution: Resolution | None = None
         try:
             if run_id is None:
                 request = PredictRequest.model_validate_json(body)
                 if request.model is not None:
-                    resolution = self.serving.names.get(parse_model_ref(text=request.model))
+                    ref = parse_model_ref(text=request.model, project=project)
+                    resolution = self.serving.names.get(ref)
                     if resolution is None:
                         return None
                 rows = Rows.of(request)
@@ -85,7 +99,7 @@ class PredictFastPath:
         except (ValidationError, ValueError):
             return None
         model = self._model(resolution, run_id if run_id is not None else request.run_id)
-        if model is None:
+        if model is None or model.project != project:
             return None
         try:
             prediction = predict(

@@ -14,8 +14,10 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 
+from app.access import PredictAccess
 from app.registry.schemas import ALIAS_PATTERN
 from app.registry.service import ModelRef, Resolution, parse_model_ref
+from app.runs.service import RunNotFoundError
 from app.serving import service
 from app.serving.cache import LoadedModel
 from app.serving.dependencies import serving_state
@@ -69,11 +71,17 @@ def _parse_rows(body: bytes, as_csv: bool) -> Rows:
     return Rows.of(parsed)
 
 
-async def _run_model(serving: Serving, run_id: int, sha256: str | None = None) -> LoadedModel:
+async def _run_model(
+    serving: Serving, run_id: int, project: str, sha256: str | None = None
+) -> LoadedModel:
     model = serving.models.get(run_id, sha256)
+    if model is not None and model.project != project:
+        raise RunNotFoundError(run_id)
     if model is None:
         # Only a cache miss touches the database, off the event loop.
-        model = await run_in_threadpool(lambda: service.cache_model(serving=serving, run_id=run_id))
+        model = await run_in_threadpool(
+            lambda: service.cache_model(serving=serving, run_id=run_id, project=project)
+        )
     return model
 
 
@@ -113,6 +121,7 @@ def _answer(
 async def _serve(
     serving: Serving,
     *,
+    project: str,
     run_id: int | None,
     ref: ModelRef | None,
     rows: Rows,
@@ -122,10 +131,10 @@ async def _serve(
     resolution = None
     if ref is not None:
         resolution = await _resolve(serving, ref)
-        model = await _run_model(serving, resolution.run_id, resolution.weights_sha256)
+        model = await _run_model(serving, resolution.run_id, project, resolution.weights_sha256)
     else:
         assert run_id is not None
-        model = await _run_model(serving, run_id)
+        model = await _run_model(serving, run_id, project)
     max_rows = serving.settings.limits.max_predict_rows
     return await _maybe_offload(big, _answer, model, resolution, rows, max_rows, as_csv)
 
@@ -135,13 +144,20 @@ def _is_csv(request: Request) -> bool:
 
 
 async def _serve_rows(
-    request: Request, serving: Serving, *, run_id: int | None, ref: ModelRef | None
+    request: Request,
+    serving: Serving,
+    *,
+    project: str,
+    run_id: int | None,
+    ref: ModelRef | None,
 ) -> Response:
     body = await request.body()
     big = len(body) > serving.settings.predict_inline_max_bytes
     as_csv = _is_csv(request)
     rows = await _maybe_offload(big, _parse_rows, body, as_csv)
-    return await _serve(serving, run_id=run_id, ref=ref, rows=rows, big=big, as_csv=as_csv)
+    return await _serve(
+        serving, project=project, run_id=run_id, ref=ref, rows=rows, big=big, as_csv=as_csv
+    )
 
 
 @router.post(
@@ -149,15 +165,24 @@ async def _serve_rows(
     response_model=PredictResponse,
     openapi_extra=_request_body(PredictRequest, csv=False),
 )
-async def predict(request: Request) -> Response:
+async def predict(request: Request, principal: PredictAccess) -> Response:
     """Predict with the run or registered model (`name@alias`, `name:3`) named in the body."""
     serving = serving_state(request)
     body = await request.body()
     big = len(body) > serving.settings.predict_inline_max_bytes
     parsed = await _maybe_offload(big, _parse_json, body, PredictRequest)
-    ref = None if parsed.model is None else parse_model_ref(text=parsed.model)
+    project = principal.project
+    ref = None if parsed.model is None else parse_model_ref(text=parsed.model, project=project)
     rows = Rows.of(parsed)
-    return await _serve(serving, run_id=parsed.run_id, ref=ref, rows=rows, big=big, as_csv=False)
+    return await _serve(
+        serving,
+        project=project,
+        run_id=parsed.run_id,
+        ref=ref,
+        rows=rows,
+        big=big,
+        as_csv=False,
+    )
 
 
 @router.post(
@@ -166,9 +191,11 @@ async def predict(request: Request) -> Response:
     responses=CSV_RESPONSE,
     openapi_extra=_request_body(PredictInputs, csv=True),
 )
-async def predict_run(run_id: int, request: Request) -> Response:
+async def predict_run(run_id: int, request: Request, principal: PredictAccess) -> Response:
     """Predict with a run's weights; JSON rows, or `text/csv` in and out."""
-    return await _serve_rows(request, serving_state(request), run_id=run_id, ref=None)
+    return await _serve_rows(
+        request, serving_state(request), project=principal.project, run_id=run_id, ref=None
+    )
 
 
 @router.post(
@@ -180,6 +207,7 @@ async def predict_run(run_id: int, request: Request) -> Response:
 async def predict_model(
     name: str,
     request: Request,
+    principal: PredictAccess,
     version: Annotated[int | None, Query(ge=1, description="A version number.")] = None,
     alias: Annotated[
         str | None, Query(pattern=f"^{ALIAS_PATTERN}$", description="An alias, e.g. production.")
@@ -196,5 +224,7 @@ async def predict_model(
                 }
             ]
         )
-    ref = ModelRef(name=name, version=version, alias=alias)
-    return await _serve_rows(request, serving_state(request), run_id=None, ref=ref)
+    ref = ModelRef(project=principal.project, name=name, version=version, alias=alias)
+    return await _serve_rows(
+        request, serving_state(request), project=principal.project, run_id=None, ref=ref
+    )

@@ -72,12 +72,12 @@ class Prediction:
     probabilities: list[list[float]] | None = None
 
 
-def load_model(*, session: Session, run_id: int, device: str) -> LoadedModel:
-    """Read a run's weights from the database and build its module."""
+def load_model(*, session: Session, run_id: int, project: str, device: str) -> LoadedModel:
+    """Read the project's run's weights from the database and build its module."""
     row = session.execute(
         select(Run.status, Weights.data, Weights.sha256)
         .outerjoin(Weights, Weights.run_id == Run.id)
-        .where(Run.id == run_id)
+        .where(Run.id == run_id, Run.project == project)
     ).one_or_none()
     if row is None:
         raise RunNotFoundError(run_id)
@@ -85,6 +85,7 @@ def load_model(*, session: Session, run_id: int, device: str) -> LoadedModel:
         raise RunStateError(f"run {run_id} has no weights yet (status {row.status})")
     return LoadedModel(
         run_id=run_id,
+        project=project,
         sha256=row.sha256,
         module=import_weights(row.data, device=device),
         architecture=read_architecture(row.data),
@@ -93,12 +94,17 @@ def load_model(*, session: Session, run_id: int, device: str) -> LoadedModel:
     )
 
 
-def cache_model(*, serving: Serving, run_id: int) -> LoadedModel:
-    """Load a run's model from the database into the cache (the cold path)."""
+def cache_model(*, serving: Serving, run_id: int, project: str) -> LoadedModel:
+    """Load the project's run's model from the database into the cache (the cold path)."""
     with serving.sessions() as session:
         # Read before the weights, so a deletion in between shows as a newer generation.
         generation = registry.current_generation(session=session)
-        model = load_model(session=session, run_id=run_id, device=serving.settings.predict_device)
+        model = load_model(
+            session=session,
+            run_id=run_id,
+            project=project,
+            device=serving.settings.predict_device,
+        )
     serving.models.put(model, generation=generation)
     return model
 

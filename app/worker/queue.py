@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import case, delete, func, literal, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import case, delete, func, literal, or_, select, update
+from sqlalchemy.orm import Session, aliased
 
 from app.database import UTCDateTime, utcnow
+from app.projects.models import Project
 from app.runs.models import ACTIVE_STATUSES, FailureKind, Run, RunStatus
 from app.worker.models import WorkerRecord
 
@@ -50,14 +51,34 @@ def servable_requests(device: str) -> list[str]:
 def claim_next(
     *, session: Session, worker_id: str, device: str, lease_seconds: float
 ) -> Claim | None:
-    """Take the oldest queued run this device can serve, or None when there is none."""
+    """Take a queued run this device can serve, or None when there is none.
+
+    Fair across projects: the run comes from the project with the fewest runs executing
+    (the oldest queued run among those), so one project's backlog never holds up another's;
+    a project at its `max_running_runs` quota waits.
+    """
     now = utcnow()
+    executing = aliased(Run)
+    executing_in_project = (
+        select(func.count(executing.id))
+        .where(executing.project == Run.project, executing.status.in_(ACTIVE_STATUSES))
+        .correlate(Run)
+        .scalar_subquery()
+    )
     next_id = (
         select(Run.id)
-        .where(Run.status == RunStatus.QUEUED, Run.device_request.in_(servable_requests(device)))
-        .order_by(Run.id)
+        .join(Project, Project.name == Run.project)
+        .where(
+            Run.status == RunStatus.QUEUED,
+            Run.device_request.in_(servable_requests(device)),
+            or_(
+                Project.max_running_runs.is_(None),
+                executing_in_project < Project.max_running_runs,
+            ),
+        )
+        .order_by(executing_in_project, Run.id)
         .limit(1)
-        .with_for_update(skip_locked=True)
+        .with_for_update(skip_locked=True, of=Run)
         .scalar_subquery()
     )
     row = session.execute(

@@ -58,7 +58,9 @@ def succeeded_run(session: Session) -> SuccessfulRun:
             spec=spec, table=materialize(spec.dataset, spec.task), device=torch.device("cpu")
         )
         outcome = trainer.run(Uninterrupted())
-        run, _ = runs.create_run(session=session, spec=spec, default_max_attempts=3)
+        run, _ = runs.create_run(
+            session=session, project="default", spec=spec, default_max_attempts=3
+        )
         run.status = RunStatus.SUCCEEDED
         run.attempt = 1
         run.epochs_done = outcome.epoch

@@ -17,6 +17,7 @@ COLUMNS = {"x": [0.0, 1.0, 2.0, 3.0], "label": ["a", "b", "a", "b"]}
 def _stored(session: Session) -> int:
     dataset, created = datasets.store_json(
         session=session,
+        project="default",
         reader=session,
         name="tiny",
         options=IngestOptions(target="label"),
@@ -32,10 +33,10 @@ def _queued_on(session: Session, dataset_id: int) -> int:
     request = RunRequest.model_validate(
         {"dataset": {"type": "dataset", "id": dataset_id, "target": "label"}}
     )
-    spec, shape = flows.resolved_spec(session=session, request=request)
+    spec, shape = flows.resolved_spec(session=session, request=request, project="default")
     # The dataset's task fills in the request's: softmax regression with cross-entropy.
     assert (spec.task, spec.loss, shape) == ("classification", "cross_entropy", (4, 1, 2))
-    run, _ = runs.create_run(session=session, spec=spec, default_max_attempts=3)
+    run, _ = runs.create_run(session=session, project="default", spec=spec, default_max_attempts=3)
     assert run.dataset_id == dataset_id
     return run.id
 
@@ -46,12 +47,19 @@ def test_a_dataset_in_use_is_kept_unless_forced_and_its_runs_let_go(session: Ses
     users = runs.runs_using_dataset
     assert users(session=session, dataset_id=dataset_id) == run_ids
     with pytest.raises(DatasetInUseError, match=r"used by 2 run\(s\)") as refused:
-        datasets.delete_dataset(session=session, dataset_id=dataset_id, force=False, users=users)
+        datasets.delete_dataset(
+            session=session, project="default", dataset_id=dataset_id, force=False, users=users
+        )
     assert refused.value.status == 409
-    datasets.delete_dataset(session=session, dataset_id=dataset_id, force=True, users=users)
+    datasets.delete_dataset(
+        session=session, project="default", dataset_id=dataset_id, force=True, users=users
+    )
     session.expire_all()
     # ON DELETE SET NULL: the runs stay, pointing at nothing, and fail if they ever run.
-    assert [runs.get_run(session=session, run_id=run_id).dataset_id for run_id in run_ids] == [
+    assert [
+        runs.get_run(session=session, run_id=run_id, project="default").dataset_id
+        for run_id in run_ids
+    ] == [
         None,
         None,
     ]
@@ -71,5 +79,5 @@ def test_a_run_names_a_missing_dataset_or_column_by_its_location(session: Sessio
     for ref, loc in cases:
         request = RunRequest.model_validate({"dataset": {"type": "dataset", **ref}})
         with pytest.raises(DatasetInputError) as refused:
-            flows.resolved_spec(session=session, request=request)
+            flows.resolved_spec(session=session, request=request, project="default")
         assert (refused.value.status, refused.value.loc) == (422, loc)

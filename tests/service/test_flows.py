@@ -8,6 +8,7 @@ from sqlalchemy.orm import Session
 from app.config import Settings
 from app.database import Database
 from app.errors import ConflictError
+from app.principal import OPEN_ACCESS
 from app.runs import flows
 from app.runs import service as runs
 from app.runs.flows import RunEvents
@@ -26,17 +27,22 @@ def test_submit_wakes_a_worker_only_for_a_new_run(database: Database, settings: 
     woken: list[str] = []
     events = RunEvents(queued=lambda: woken.append("queued"))
     request = RunRequest.model_validate(D2L_SPEC)
-    run, created = flows.submit_run(
-        database=database, request=request, settings=settings, events=events, idempotency_key="k"
-    )
-    again, created_again = flows.submit_run(
-        database=database, request=request, settings=settings, events=events, idempotency_key="k"
+    (run, created), (again, created_again) = (
+        flows.submit_run(
+            database=database,
+            request=request,
+            settings=settings,
+            events=events,
+            principal=OPEN_ACCESS,
+            idempotency_key="k",
+        )
+        for _ in range(2)
     )
     assert (created, created_again, again.id) == (True, False, run.id)
     assert woken == ["queued"]
     with database.read_sessions() as session:
         # Committed: another session sees the run, with task and loss resolved.
-        stored = runs.get_run(session=session, run_id=run.id)
+        stored = runs.get_run(session=session, run_id=run.id, project="default")
         assert (stored.spec["task"], stored.spec["loss"]) == ("regression", "mse")
 
 
@@ -50,14 +56,23 @@ def test_a_refused_delete_commits_nothing_and_forgets_nothing(
 
     request = RunRequest.model_validate(D2L_SPEC)
     run, _ = flows.submit_run(
-        database=database, request=request, settings=settings, events=RunEvents()
+        database=database,
+        request=request,
+        settings=settings,
+        events=RunEvents(),
+        principal=OPEN_ACCESS,
     )
-    flows.cancel_run(database=database, run_id=run.id)
+    flows.cancel_run(database=database, run_id=run.id, principal=OPEN_ACCESS)
     refusing = RunEvents(deleting=refuse, deleted=forgotten.append)
     with pytest.raises(ConflictError, match="wanted elsewhere"):
-        flows.delete_run(database=database, run_id=run.id, events=refusing)
+        flows.delete_run(database=database, run_id=run.id, events=refusing, principal=OPEN_ACCESS)
     assert forgotten == []
     with database.read_sessions() as session:
-        assert runs.get_run(session=session, run_id=run.id).status == "cancelled"
-    flows.delete_run(database=database, run_id=run.id, events=RunEvents(deleted=forgotten.append))
+        assert runs.get_run(session=session, run_id=run.id, project="default").status == "cancelled"
+    flows.delete_run(
+        database=database,
+        run_id=run.id,
+        events=RunEvents(deleted=forgotten.append),
+        principal=OPEN_ACCESS,
+    )
     assert forgotten == [run.id]

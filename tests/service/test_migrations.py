@@ -23,6 +23,9 @@ TABLES = {
     "model_versions",
     "model_aliases",
     "registry_state",
+    "projects",
+    "api_keys",
+    "audit_events",
     "alembic_version",
 }
 
@@ -145,7 +148,15 @@ def test_rows_written_at_each_revision_survive_upgrades_and_downgrades(scratch_u
         assert _rows(engine, "SELECT run_id FROM epochs ORDER BY run_id") == [(1,), (2,), (3,)]
         assert _rows(engine, "SELECT run_id FROM weights") == [(1,)]
         assert _rows(engine, "SELECT run_id FROM model_versions") == [(1,)]
+        # 0005: everything found belongs to the project `default`.
+        for table in ("runs", "datasets", "registered_models"):
+            assert set(_rows(engine, f"SELECT project FROM {table}")) == {("default",)}, table
 
+        downgrade_database(settings, "0004")
+        for table in ("runs", "datasets", "registered_models"):
+            assert "project" not in {c["name"] for c in inspect(engine).get_columns(table)}
+        assert _rows(engine, "SELECT id FROM runs ORDER BY id") == [(1,), (2,), (3,)]
+        assert _rows(engine, "SELECT run_id FROM model_versions") == [(1,)]
         downgrade_database(settings, "0003")
         assert "dataset_id" not in {c["name"] for c in inspect(engine).get_columns("runs")}
         assert _rows(engine, "SELECT run_id FROM epochs ORDER BY run_id") == [(1,), (2,), (3,)]

@@ -45,7 +45,7 @@ def test_a_worker_retired_during_an_outage_is_live_again_at_its_next_heartbeat(
 
 def _claimed(session: Session, lease_seconds: float = 30.0) -> queue.Claim:
     spec = resolve_spec(RunRequest.model_validate(D2L_SPEC))
-    runs.create_run(session=session, spec=spec, default_max_attempts=2)
+    runs.create_run(session=session, project="default", spec=spec, default_max_attempts=2)
     claim = queue.claim_next(
         session=session, worker_id="w1", device="cpu", lease_seconds=lease_seconds
     )
@@ -86,7 +86,7 @@ def test_a_lack_of_resources_requeues_then_fails_and_never_undoes_a_cancel(sessi
     assert (status, run.failure_kind, run.lost_attempts) == ("failed", "resources", 2)
 
     cancelled = _claimed(session)
-    runs.cancel_run(session=session, run_id=cancelled.run_id)
+    runs.cancel_run(session=session, run_id=cancelled.run_id, project="default")
     status = queue.retry_elsewhere(
         session=session, claim=cancelled, failure_kind=FailureKind.RESOURCES, error=error
     )

@@ -13,7 +13,7 @@ from tests.service.conftest import SuccessfulRun
 
 def test_stored_weights_predict_the_d2l_line(session: Session, succeeded_run: SuccessfulRun):
     run = succeeded_run()
-    model = serving.load_model(session=session, run_id=run.id, device="cpu")
+    model = serving.load_model(session=session, run_id=run.id, project="default", device="cpu")
     prediction = serving.predict(model=model, rows=Rows(inputs=[[1.0, 1.0]]), max_rows=10)
     # y = 2 * 1 - 3.4 * 1 + 4.2
     assert prediction.predictions[0] == pytest.approx(2.8, abs=0.01)
@@ -28,4 +28,4 @@ def test_a_run_without_weights_cannot_serve(session: Session, succeeded_run: Suc
     run = succeeded_run()
     session.execute(delete(Weights).where(Weights.run_id == run.id))
     with pytest.raises(RunStateError, match="has no weights yet"):
-        serving.load_model(session=session, run_id=run.id, device="cpu")
+        serving.load_model(session=session, run_id=run.id, project="default", device="cpu")

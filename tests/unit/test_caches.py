@@ -10,7 +10,7 @@ from app.training.artifacts import Architecture
 def _loaded(run_id: int, size_bytes: int) -> LoadedModel:
     architecture = Architecture("regression", 1, 1, {"type": "linear"}, False, None)
     module = torch.nn.Linear(1, 1)
-    return LoadedModel(run_id, f"sha{run_id}", module, architecture, size_bytes, "cpu")
+    return LoadedModel(run_id, "default", f"sha{run_id}", module, architecture, size_bytes, "cpu")
 
 
 def test_model_cache_is_bounded_by_entries_and_bytes():
@@ -37,7 +37,7 @@ def test_name_cache_trusts_only_the_newest_generation_recently_confirmed():
     now = [100.0]
     names = NameCache(max_staleness=0.2, clock=lambda: now[0])
     ref, old, new = (
-        ModelRef("m", alias="prod"),
+        ModelRef("default", "m", alias="prod"),
         Resolution("m", 1, 1, "a"),
         Resolution("m", 2, 2, "b"),
     )
