@@ -8,7 +8,8 @@ TORCH_PIN ?= torch==2.13.*
 
 .PHONY: install run test lint clean
 
-# `make test TESTS=tests/unit` runs one tier; empty runs them all.
+# `make test TESTS=tests/unit` runs one tier; empty runs all but the fuzz tier, which
+# `make test TESTS="tests/fuzz -m fuzz"` runs (CI does, once).
 TESTS ?=
 
 $(BIN)/.installed: pyproject.toml

@@ -8,9 +8,11 @@ from app.access import AdminAccess
 from app.audit import service
 from app.audit.schemas import AuditEventRead, AuditPage
 from app.dependencies import ReadSessionDep
+from app.error_handlers import ERROR_RESPONSES
+from app.ids import Id
 from app.principal import ProjectName
 
-router = APIRouter(prefix="/audit", tags=["audit"])
+router = APIRouter(prefix="/audit", tags=["audit"], responses=ERROR_RESPONSES)
 
 
 @router.get("")
@@ -19,13 +21,11 @@ def list_audit_events(
     _principal: AdminAccess,
     project: Annotated[ProjectName | None, Query(description="Only this project's.")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    cursor: Annotated[
-        str | None, Query(pattern=r"^\d+$", max_length=18, description="next_cursor of a page")
-    ] = None,
+    cursor: Annotated[Id | None, Query(description="next_cursor of a page")] = None,
 ) -> AuditPage:
     """Every write, newest first, one page at a time."""
     events, next_id = service.list_events(
-        session=session, project=project, limit=limit, before_id=int(cursor) if cursor else None
+        session=session, project=project, limit=limit, before_id=cursor
     )
     return AuditPage(
         items=[AuditEventRead.model_validate(event) for event in events],

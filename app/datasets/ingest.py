@@ -309,7 +309,10 @@ def _header(probe: bytes, delimiter: str | None) -> tuple[list[str], str]:
         raise DatasetInputError(("file",), f"the header is not UTF-8: {error}") from None
     if delimiter is None:
         delimiter = max(DELIMITERS, key=text.count)
-    return next(csv.reader([text], delimiter=delimiter)), delimiter
+    try:
+        return next(csv.reader([text], delimiter=delimiter)), delimiter
+    except csv.Error as error:
+        raise DatasetInputError(("file",), f"cannot read the header line: {error}") from None
 
 
 def _read_csv(stream: BinaryIO, probe: bytes, options: IngestOptions, limits: Limits) -> pa.Table:

@@ -27,9 +27,11 @@ from app.datasets.schemas import (
     DatasetSummary,
 )
 from app.dependencies import DatabaseDep, ReadSessionDep, SettingsDep
+from app.error_handlers import ERROR_RESPONSES
+from app.ids import Id
 from app.principal import Principal
 
-router = APIRouter(prefix="/datasets", tags=["datasets"])
+router = APIRouter(prefix="/datasets", tags=["datasets"], responses=ERROR_RESPONSES)
 Options = TypeVar("Options", bound=DatasetOptions)
 
 UPLOAD_BODY = {
@@ -208,9 +210,7 @@ def list_datasets(
     principal: TrainAccess,
     builtin: Annotated[bool, Query(description="List the built-in datasets instead.")] = False,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[
-        str | None, Query(pattern=r"^\d+$", description="next_cursor of a page")
-    ] = None,
+    cursor: Annotated[Id | None, Query(description="next_cursor of a page")] = None,
 ) -> DatasetPage | BuiltinPage:
     """Stored datasets, newest first, one page at a time; or the built-in ones."""
     if builtin:
@@ -226,7 +226,7 @@ def list_datasets(
         session=session,
         project=principal.project,
         limit=limit,
-        before_id=int(cursor) if cursor else None,
+        before_id=cursor,
     )
     return DatasetPage(
         items=[DatasetSummary.model_validate(dataset) for dataset in datasets],
@@ -235,7 +235,7 @@ def list_datasets(
 
 
 @router.get("/{dataset_id}")
-def get_dataset(dataset_id: int, session: ReadSessionDep, principal: TrainAccess) -> DatasetRead:
+def get_dataset(dataset_id: Id, session: ReadSessionDep, principal: TrainAccess) -> DatasetRead:
     """One dataset: schema, per-column statistics and the first 10 rows."""
     dataset = service.get_dataset(session=session, dataset_id=dataset_id, project=principal.project)
     return DatasetRead.model_validate(dataset)
@@ -243,7 +243,7 @@ def get_dataset(dataset_id: int, session: ReadSessionDep, principal: TrainAccess
 
 @router.delete("/{dataset_id}", status_code=status.HTTP_204_NO_CONTENT)
 def delete_dataset(
-    dataset_id: int,
+    dataset_id: Id,
     database: DatabaseDep,
     users: DatasetUsersDep,
     principal: TrainAccess,

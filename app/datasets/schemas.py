@@ -3,7 +3,7 @@
 from datetime import datetime
 from typing import Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from app.datasets.ingest import MissingPolicy
 from app.training.spec import Task
@@ -31,6 +31,15 @@ class DatasetOptions(BaseModel):
     delimiter: Literal[",", ";", "\t"] | None = Field(
         None, description="CSV delimiter; detected from the header when omitted."
     )
+
+    @field_validator("features")
+    @classmethod
+    def _each_feature_once(cls, features: list[str] | None) -> list[str] | None:
+        names = features or []
+        for index, name in enumerate(names):
+            if name in names[:index]:
+                raise ValueError(f"feature {name!r} is listed twice; list each column once")
+        return features
 
 
 class DatasetJSON(DatasetOptions):

@@ -6,11 +6,13 @@ from fastapi import APIRouter, Query, Response, status
 
 from app.access import AdminAccess
 from app.dependencies import DatabaseDep, ReadSessionDep
+from app.error_handlers import ERROR_RESPONSES
+from app.ids import Id
 from app.keys import flows, service
 from app.keys.schemas import KeyCreated, KeyRead, KeyRequest
 from app.principal import ProjectName
 
-router = APIRouter(prefix="/keys", tags=["keys"])
+router = APIRouter(prefix="/keys", tags=["keys"], responses=ERROR_RESPONSES)
 
 
 @router.post("", status_code=status.HTTP_201_CREATED)
@@ -42,6 +44,6 @@ def list_keys(
 
 
 @router.delete("/{key_id}", status_code=status.HTTP_204_NO_CONTENT)
-def revoke_key(key_id: int, database: DatabaseDep, principal: AdminAccess) -> None:
+def revoke_key(key_id: Id, database: DatabaseDep, principal: AdminAccess) -> None:
     """Revoke a key; every API process refuses it within a second."""
     flows.revoke_key(database=database, key_id=key_id, principal=principal)

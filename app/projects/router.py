@@ -6,12 +6,13 @@ from fastapi import APIRouter, Path
 
 from app.access import AdminAccess
 from app.dependencies import DatabaseDep, ReadSessionDep
+from app.error_handlers import ERROR_RESPONSES
 from app.principal import PROJECT_PATTERN
 from app.projects import flows, service
 from app.projects.models import Project
 from app.projects.schemas import ProjectRead, Quota
 
-router = APIRouter(prefix="/projects", tags=["projects"])
+router = APIRouter(prefix="/projects", tags=["projects"], responses=ERROR_RESPONSES)
 
 NamePath = Annotated[str, Path(pattern=PROJECT_PATTERN)]
 

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Path, Response, status
 
 from app.access import PredictAccess, TrainAccess
 from app.dependencies import DatabaseDep, ReadSessionDep
+from app.error_handlers import ERROR_RESPONSES
 from app.registry import flows, service
 from app.registry.dependencies import RegistryEventsDep
 from app.registry.schemas import (
@@ -18,7 +19,7 @@ from app.registry.schemas import (
     VersionRead,
 )
 
-router = APIRouter(prefix="/models", tags=["registry"])
+router = APIRouter(prefix="/models", tags=["registry"], responses=ERROR_RESPONSES)
 
 AliasPath = Annotated[
     str, Path(pattern=f"^{ALIAS_PATTERN}$", description="e.g. production; not `latest`.")

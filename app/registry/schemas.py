@@ -5,6 +5,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.ids import MAX_ID, Id
+
 NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}"
 ALIAS_PATTERN = r"[A-Za-z][A-Za-z0-9_-]{0,63}"
 MODEL_REF_PATTERN = rf"^{NAME_PATTERN}(@{ALIAS_PATTERN}|:[1-9][0-9]{{0,8}})?$"
@@ -18,7 +20,7 @@ class RegisterRequest(BaseModel):
     )
 
     name: str = Field(pattern=f"^{NAME_PATTERN}$", description="Created on first registration.")
-    run_id: int = Field(description="A succeeded run; its weights become the version.")
+    run_id: Id = Field(description="A succeeded run; its weights become the version.")
 
 
 class AliasRequest(BaseModel):
@@ -26,7 +28,7 @@ class AliasRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"version": 1}]})
 
-    version: int = Field(ge=1)
+    version: int = Field(ge=1, le=MAX_ID)
 
 
 class VersionRead(BaseModel):

@@ -6,6 +6,8 @@ from fastapi import APIRouter, Header, Query, Response, status
 
 from app.access import TrainAccess
 from app.dependencies import DatabaseDep, ReadSessionDep, SettingsDep
+from app.error_handlers import ERROR_RESPONSES
+from app.ids import Id
 from app.runs import flows, service
 from app.runs.dependencies import RunEventsDep
 from app.runs.models import RunStatus
@@ -13,7 +15,7 @@ from app.runs.schemas import EpochRead, ResumeRequest, RunPage, RunRead, Weights
 from app.training.artifacts import tensors_as_json
 from app.training.spec import RunRequest
 
-router = APIRouter(prefix="/runs", tags=["runs"])
+router = APIRouter(prefix="/runs", tags=["runs"], responses=ERROR_RESPONSES)
 
 
 @router.post(
@@ -54,9 +56,7 @@ def list_runs(
     principal: TrainAccess,
     status_filter: Annotated[RunStatus | None, Query(alias="status")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[
-        str | None, Query(pattern=r"^\d+$", description="next_cursor of a page")
-    ] = None,
+    cursor: Annotated[Id | None, Query(description="next_cursor of a page")] = None,
 ) -> RunPage:
     """Runs, newest first, one page at a time (inline dataset rows left out)."""
     runs, next_id = service.list_runs(
@@ -64,7 +64,7 @@ def list_runs(
         project=principal.project,
         status=status_filter,
         limit=limit,
-        before_id=int(cursor) if cursor else None,
+        before_id=cursor,
     )
     return RunPage(
         items=[
@@ -78,14 +78,14 @@ def list_runs(
 
 
 @router.get("/{run_id}")
-def get_run(run_id: int, session: ReadSessionDep, principal: TrainAccess) -> RunRead:
+def get_run(run_id: Id, session: ReadSessionDep, principal: TrainAccess) -> RunRead:
     """One run: status, progress, device, times, metrics, error."""
     run = service.get_run(session=session, run_id=run_id, project=principal.project)
     return RunRead.model_validate(run)
 
 
 @router.get("/{run_id}/epochs")
-def list_epochs(run_id: int, session: ReadSessionDep, principal: TrainAccess) -> list[EpochRead]:
+def list_epochs(run_id: Id, session: ReadSessionDep, principal: TrainAccess) -> list[EpochRead]:
     """One row per finished epoch."""
     return [
         EpochRead.model_validate(epoch)
@@ -99,7 +99,7 @@ def list_epochs(run_id: int, session: ReadSessionDep, principal: TrainAccess) ->
     responses={200: {"content": {"application/octet-stream": {}}}},
 )
 def get_weights(
-    run_id: int,
+    run_id: Id,
     session: ReadSessionDep,
     principal: TrainAccess,
     format: Annotated[str, Query(pattern="^(json|safetensors)$")] = "json",
@@ -124,7 +124,7 @@ def get_weights(
 
 
 @router.post("/{run_id}/cancel")
-def cancel_run(run_id: int, database: DatabaseDep, principal: TrainAccess) -> RunRead:
+def cancel_run(run_id: Id, database: DatabaseDep, principal: TrainAccess) -> RunRead:
     """Cancel a queued run, or stop a running one at its next batch (it keeps a checkpoint)."""
     run = flows.cancel_run(database=database, run_id=run_id, principal=principal)
     return RunRead.model_validate(run)
@@ -132,7 +132,7 @@ def cancel_run(run_id: int, database: DatabaseDep, principal: TrainAccess) -> Ru
 
 @router.post("/{run_id}/resume")
 def resume_run(
-    run_id: int,
+    run_id: Id,
     database: DatabaseDep,
     settings: SettingsDep,
     events: RunEventsDep,
@@ -153,7 +153,7 @@ def resume_run(
 
 @router.delete("/{run_id}", status_code=status.HTTP_204_NO_CONTENT)
 def delete_run(
-    run_id: int, database: DatabaseDep, events: RunEventsDep, principal: TrainAccess
+    run_id: Id, database: DatabaseDep, events: RunEventsDep, principal: TrainAccess
 ) -> None:
     """Delete a run that is not executing nor a registered model version, with its data."""
     flows.delete_run(database=database, run_id=run_id, events=events, principal=principal)

@@ -15,6 +15,8 @@ from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from app.access import PredictAccess
+from app.error_handlers import ERROR_RESPONSES
+from app.ids import MAX_ID, Id
 from app.registry.schemas import ALIAS_PATTERN
 from app.registry.service import ModelRef, Resolution, parse_model_ref
 from app.runs.service import RunNotFoundError
@@ -24,7 +26,7 @@ from app.serving.dependencies import serving_state
 from app.serving.schemas import PredictInputs, PredictRequest, PredictResponse
 from app.serving.service import Rows, Serving
 
-router = APIRouter(tags=["predict"])
+router = APIRouter(tags=["predict"], responses=ERROR_RESPONSES)
 
 Body = TypeVar("Body", bound=BaseModel)
 Result = TypeVar("Result")
@@ -191,7 +193,7 @@ async def predict(request: Request, principal: PredictAccess) -> Response:
     responses=CSV_RESPONSE,
     openapi_extra=_request_body(PredictInputs, csv=True),
 )
-async def predict_run(run_id: int, request: Request, principal: PredictAccess) -> Response:
+async def predict_run(run_id: Id, request: Request, principal: PredictAccess) -> Response:
     """Predict with a run's weights; JSON rows, or `text/csv` in and out."""
     return await _serve_rows(
         request, serving_state(request), project=principal.project, run_id=run_id, ref=None
@@ -208,7 +210,7 @@ async def predict_model(
     name: str,
     request: Request,
     principal: PredictAccess,
-    version: Annotated[int | None, Query(ge=1, description="A version number.")] = None,
+    version: Annotated[int | None, Query(ge=1, le=MAX_ID, description="A version number.")] = None,
     alias: Annotated[
         str | None, Query(pattern=f"^{ALIAS_PATTERN}$", description="An alias, e.g. production.")
     ] = None,

@@ -4,6 +4,7 @@ from typing import Annotated, Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from app.ids import Id
 from app.registry.schemas import MODEL_REF_PATTERN
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
@@ -49,7 +50,7 @@ class PredictRequest(PredictInputs):
         },
     )
 
-    run_id: int | None = Field(None, description="The run whose weights answer.")
+    run_id: Id | None = Field(None, description="The run whose weights answer.")
     model: str | None = Field(
         None,
         pattern=MODEL_REF_PATTERN,

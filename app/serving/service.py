@@ -205,9 +205,13 @@ def parse_csv(*, body: bytes) -> Rows:
         text = body.decode("utf-8-sig")
     except UnicodeDecodeError as error:
         raise InputShapeError("the CSV body is not UTF-8") from error
+    try:
+        lines = list(csv.reader(io.StringIO(text, newline="")))
+    except csv.Error as error:
+        raise InputShapeError(f"the CSV body cannot be read: {error}") from None
     header: list[str] | None = None
     rows: list[list[float]] = []
-    for line, cells in enumerate(csv.reader(io.StringIO(text)), start=1):
+    for line, cells in enumerate(lines, start=1):
         if not cells:
             continue
         try:

@@ -8,9 +8,10 @@ from sqlalchemy import select, text
 
 from app.access import AdminAccess
 from app.dependencies import ReadSessionDep
+from app.error_handlers import ERROR_RESPONSES
 from app.worker.models import WorkerRecord
 
-router = APIRouter(tags=["system"])
+router = APIRouter(tags=["system"], responses=ERROR_RESPONSES)
 
 
 class Health(BaseModel):

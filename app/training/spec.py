@@ -5,6 +5,7 @@ from typing import Annotated, Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from app.errors import InvalidInputError
+from app.ids import MAX_ID
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 Label = Annotated[int | FiniteFloat | str, Field(union_mode="smart")]
@@ -75,7 +76,7 @@ class DatasetRef(StrictModel):
     """A dataset stored with POST /datasets, by id; its task must match the run's."""
 
     type: Literal["dataset"] = "dataset"
-    id: int = Field(ge=1, description="The dataset's id.")
+    id: int = Field(ge=1, le=MAX_ID, description="The dataset's id.")
     target: str = Field(description="The dataset's target column.")
     features: list[str] | None = Field(
         None, min_length=1, description="Feature columns in model order (default: the dataset's)."

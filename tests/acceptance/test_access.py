@@ -294,3 +294,18 @@ def test_answers_carry_a_request_id_and_security_headers(secured, make_key):
         "access-control-allow-origin"
         not in client.get("/runs", headers={"Origin": "https://evil.example"}).headers
     )
+
+
+def test_cors_answers_only_the_origins_in_the_settings(settings: Settings):
+    allowed = "https://dashboard.example"
+    app = create_app(settings.model_copy(update={"cors_origins": [allowed]}))
+    with ApiServer(app) as server:
+        client = _client(server)
+        preflight = client.options(
+            "/runs",
+            headers={"Origin": allowed, "Access-Control-Request-Method": "POST"},
+        )
+        assert preflight.status_code == 200
+        assert preflight.headers["access-control-allow-origin"] == allowed
+        other = client.get("/runs", headers={"Origin": "https://evil.example"})
+        assert "access-control-allow-origin" not in other.headers

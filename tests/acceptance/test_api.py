@@ -268,3 +268,17 @@ def test_health_workers_and_docs(client: httpx.Client, worker: LocalWorkers):
     assert re.search(r"\bchaos|\bfault", openapi.text, re.IGNORECASE) is None
     assert "SyntheticLinearDataset" in schema["components"]["schemas"]
     assert client.get("/docs").status_code == 200
+
+
+def test_ids_past_32_bits_are_refused_as_invalid_not_crashed_on(client: httpx.Client):
+    huge = 2**31
+    for method, path, body in [
+        ("GET", f"/runs/{huge}", None),
+        ("GET", f"/runs?cursor={huge}", None),
+        ("POST", f"/runs/{huge}/predict", {"inputs": [[1, 1]]}),
+        ("POST", "/predict", {"run_id": huge, "inputs": [[1, 1]]}),
+        ("POST", "/models", {"name": "m", "run_id": huge}),
+        ("GET", f"/datasets/{huge}", None),
+    ]:
+        answer = client.request(method, path, json=body)
+        assert answer.status_code == 422, (method, path, answer.text)
