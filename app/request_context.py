@@ -47,16 +47,25 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        given = next((value for name, value in scope["headers"] if name == REQUEST_ID_HEADER), b"")
-        rid = given if _VALID_ID.match(given) else f"{self._prefix}-{next(self._counter)}".encode()
+        rid = None
+        for name, value in scope["headers"]:
+            if name == REQUEST_ID_HEADER:
+                rid = value if _VALID_ID.match(value) else None
+                break
+        if rid is None:
+            rid = f"{self._prefix}-{next(self._counter)}".encode()
         token = request_id.set(rid.decode())
-        path = scope["path"]
-        security = DOCS_SECURITY_HEADERS if path.startswith(DOCS_PATHS) else API_SECURITY_HEADERS
-        extra = [(REQUEST_ID_HEADER, rid), *security]
+        security = (
+            DOCS_SECURITY_HEADERS if scope["path"].startswith(DOCS_PATHS) else API_SECURITY_HEADERS
+        )
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", []), *extra]}
+                message["headers"] = [
+                    *message.get("headers", ()),
+                    (REQUEST_ID_HEADER, rid),
+                    *security,
+                ]
             await send(message)
 
         try:

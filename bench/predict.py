@@ -4,8 +4,9 @@ Usage: .venv/bin/python bench/predict.py [--duration 10] [--connections 16] [--s
                                          [--seed 1] [--no-mlflow]
 
 Trains one 20 -> 64 -> 1 MLP through fitserve (SQLite in a temporary folder), registers it
-as `bench@production`, then serves the same weights four ways, each a single uvicorn process
-pinned to CPU 0: fitserve (targeted by run id and by name@alias), bench/bare_server.py (FastAPI),
+as `bench@production`, then serves the same weights five ways, each a single uvicorn process
+pinned to CPU 0: fitserve with auth off and fitserve with auth required (a predict key in
+`Authorization`), each targeted by run id and by name@alias, bench/bare_server.py (FastAPI),
 bench/raw_asgi_server.py (a plain ASGI callable, the ceiling for anything served by uvicorn),
 and `mlflow models serve` from bench/.mlflow-venv unless --no-mlflow. Every target must answer
 the bare server's prediction first. Then each target gets --samples samples (3 or more) in a
@@ -43,6 +44,10 @@ MLFLOW_PYTHON = ROOT / "bench" / ".mlflow-venv" / "bin" / "python"
 FEATURES = 20
 ROW = [round(0.1 * i - 1.0, 2) for i in range(FEATURES)]
 BATCH_ROWS = 1000
+OPEN_BY_ID = "fitserve `POST /predict` by run id, auth off"
+OPEN_BY_NAME = "fitserve `POST /predict` by `bench@production`, auth off"
+KEYED_BY_ID = "fitserve `POST /predict` by run id, auth on (predict key)"
+KEYED_BY_NAME = "fitserve `POST /predict` by `bench@production`, auth on (predict key)"
 BARE = "bare FastAPI + uvicorn"
 RAW = "raw ASGI + uvicorn (ceiling)"
 MLFLOW = "`mlflow models serve` (mlflow.pytorch)"
@@ -87,7 +92,12 @@ def process(
 
 
 def wait_ready(
-    url: str, body: dict, proc: subprocess.Popen, log: Path, timeout: float = 120
+    url: str,
+    body: dict,
+    headers: dict[str, str],
+    proc: subprocess.Popen,
+    log: Path,
+    timeout: float = 120,
 ) -> None:
     """Post `body` to `url` until it answers 200, failing early if the server exits."""
     deadline = time.monotonic() + timeout
@@ -95,7 +105,7 @@ def wait_ready(
         if proc.poll() is not None:
             raise RuntimeError(f"server for {url} exited with {proc.returncode}; see {log}")
         try:
-            if httpx.post(url, json=body, timeout=5).status_code == 200:
+            if httpx.post(url, json=body, headers=headers, timeout=5).status_code == 200:
                 return
         except httpx.TransportError:
             pass
@@ -103,14 +113,27 @@ def wait_ready(
     raise RuntimeError(f"{url} not ready after {timeout}s; see {log}")
 
 
-def fitserve_env(database_url: str, port: int) -> dict[str, str]:
+def fitserve_env(database_url: str, port: int, auth: str = "off") -> dict[str, str]:
     """The environment of a fitserve process on `database_url` listening on `port`."""
     return {
         **os.environ,
         "FITSERVE_DATABASE_URL": database_url,
         "FITSERVE_PORT": str(port),
         "FITSERVE_DEVICES": "cpu",
+        "FITSERVE_AUTH": auth,
     }
+
+
+def predict_key(database_url: str) -> str:
+    """A predict key for the project `default`, made with `fitserve keys create`."""
+    created = subprocess.run(
+        [BIN / "fitserve", "keys", "create", "--project", "default", "--role", "predict"],
+        env=fitserve_env(database_url, 0),
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return created.stdout.splitlines()[-1]
 
 
 def train(database_url: str, work: Path) -> tuple[int, bytes]:
@@ -156,7 +179,15 @@ def to_ms(value: str, unit: str) -> float:
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
-def load(url: str, body: dict, *, duration: int, connections: int, work: Path) -> dict:
+def load(
+    url: str,
+    body: dict,
+    headers: dict[str, str],
+    *,
+    duration: int,
+    connections: int,
+    work: Path,
+) -> dict:
     """wrk against one endpoint: requests/s, p50 and p99 in ms, non-2xx answers."""
     # Keyed by body too: fitserve's two targets share a URL.
     script = work / f"post-{abs(hash((url, json.dumps(body))))}.lua"
@@ -164,6 +195,7 @@ def load(url: str, body: dict, *, duration: int, connections: int, work: Path) -
         'wrk.method = "POST"\n'
         f"wrk.body = [==[{json.dumps(body)}]==]\n"
         'wrk.headers["Content-Type"] = "application/json"\n'
+        + "".join(f'wrk.headers["{name}"] = "{value}"\n' for name, value in headers.items())
     )
     command = pinned("1", ["wrk", "-t2", f"-c{connections}", "--latency", "-s", str(script)])
     subprocess.run([*command, "-d2s", url], check=True, capture_output=True)  # warm-up
@@ -184,9 +216,9 @@ def load(url: str, body: dict, *, duration: int, connections: int, work: Path) -
     }
 
 
-def batch_p50(url: str, body: dict, *, repeats: int = 30) -> float:
+def batch_p50(url: str, body: dict, headers: dict[str, str], *, repeats: int = 30) -> float:
     """Median latency in ms of a 1,000-row request, one at a time from this process."""
-    with httpx.Client(timeout=60) as client:
+    with httpx.Client(timeout=60, headers=headers) as client:
         client.post(url, json=body).raise_for_status()
         times = []
         for _ in range(repeats):
@@ -196,9 +228,9 @@ def batch_p50(url: str, body: dict, *, repeats: int = 30) -> float:
     return statistics.median(times)
 
 
-def first_prediction(url: str, body: dict) -> float:
+def first_prediction(url: str, body: dict, headers: dict[str, str]) -> float:
     """The first output of one prediction, to check that every target runs the same model."""
-    answer = httpx.post(url, json=body).json()
+    answer = httpx.post(url, json=body, headers=headers).json()
     value = answer["predictions"][0]
     return float(value[0] if isinstance(value, list) else value)
 
@@ -246,23 +278,24 @@ def main() -> None:
     run_id, weights = train(database_url, work)
     weights_file = work / "weights.safetensors"
     weights_file.write_bytes(weights)
+    authorized = {"Authorization": f"Bearer {predict_key(database_url)}"}
 
-    ports = {name: free_port() for name in ("fitserve", "bare", "raw", "mlflow")}
+    ports = {name: free_port() for name in ("fitserve", "secured", "bare", "raw", "mlflow")}
     fitserve = f"http://127.0.0.1:{ports['fitserve']}"
+    secured = f"http://127.0.0.1:{ports['secured']}"
     bare = f"http://127.0.0.1:{ports['bare']}/predict"
     raw = f"http://127.0.0.1:{ports['raw']}/predict"
     mlflow = f"http://127.0.0.1:{ports['mlflow']}/invocations"
     one = {"inputs": [ROW]}
     batch = {"inputs": [ROW] * BATCH_ROWS}
+    by_id, by_name = {"run_id": run_id}, {"model": "bench@production"}
     targets = [
-        ("fitserve `POST /predict` by run id", f"{fitserve}/predict", {"run_id": run_id}),
-        (
-            "fitserve `POST /predict` by `bench@production`",
-            f"{fitserve}/predict",
-            {"model": "bench@production"},
-        ),
-        (BARE, bare, {}),
-        (RAW, raw, {}),
+        (OPEN_BY_ID, f"{fitserve}/predict", by_id, {}),
+        (OPEN_BY_NAME, f"{fitserve}/predict", by_name, {}),
+        (BARE, bare, {}, {}),
+        (RAW, raw, {}, {}),
+        (KEYED_BY_ID, f"{secured}/predict", by_id, authorized),
+        (KEYED_BY_NAME, f"{secured}/predict", by_name, authorized),
     ]
     # The comparison servers differ only in their script: each serves the same weights file.
     servers = [
@@ -270,6 +303,11 @@ def main() -> None:
             pinned("0", [str(BIN / "fitserve"), "api"]),
             fitserve_env(database_url, ports["fitserve"]),
             targets[0],
+        ),
+        (
+            pinned("0", [str(BIN / "fitserve"), "api"]),
+            fitserve_env(database_url, ports["secured"], auth="required"),
+            targets[4],
         ),
         *(
             (
@@ -314,37 +352,45 @@ def main() -> None:
             "-w",
             "1",
         ]
-        mlflow_target = (MLFLOW, mlflow, {})
+        mlflow_target = (MLFLOW, mlflow, {}, {})
         targets.append(mlflow_target)
         # mlflow execs `uvicorn` by name: its own venv's bin must come first on PATH.
         env = {**os.environ, "PATH": f"{MLFLOW_PYTHON.parent}:{os.environ['PATH']}"}
         servers.append((pinned("0", command), env, mlflow_target))
 
-    order = sample_order([label for label, _, _ in targets], args.samples, args.seed)
+    order = sample_order([label for label, *_ in targets], args.samples, args.seed)
     header.append(
         f"wrk -t2 -c{args.connections} -d{args.duration}s (after 2 s of warm-up) on CPU 1, "
         f"each server one uvicorn process on CPU 0; {args.samples} samples per target, "
         f"seed {args.seed}, order: " + ", ".join(f"{label} #{n}" for label, n in order)
     )
     print("\n".join(header), flush=True)
-    results: dict[str, list[dict]] = {label: [] for label, _, _ in targets}
-    bodies = {label: (url, {**extra, **one}, {**extra, **batch}) for label, url, extra in targets}
+    results: dict[str, list[dict]] = {label: [] for label, *_ in targets}
+    bodies = {
+        label: (url, {**extra, **one}, {**extra, **batch}, headers)
+        for label, url, extra, headers in targets
+    }
     with ExitStack() as stack:
-        for index, (command, env, (_label, url, extra)) in enumerate(servers):
+        for index, (command, env, (_label, url, extra, headers)) in enumerate(servers):
             log = work / f"server-{index}.log"
             proc = stack.enter_context(process(command, log, env))
-            wait_ready(url, {**extra, **one}, proc, log)
-        reference = first_prediction(bare, one)
-        for label, url, extra in targets:
-            value = first_prediction(url, {**extra, **one})
+            wait_ready(url, {**extra, **one}, headers, proc, log)
+        reference = first_prediction(bare, one, {})
+        for label, url, extra, headers in targets:
+            value = first_prediction(url, {**extra, **one}, headers)
             if abs(value - reference) > 1e-4:
                 raise RuntimeError(f"{label} answers {value}, the bare server {reference}")
         for position, (label, sample) in enumerate(order, 1):
-            url, body, batch_body = bodies[label]
+            url, body, batch_body, headers = bodies[label]
             result = load(
-                url, body, duration=args.duration, connections=args.connections, work=work
+                url,
+                body,
+                headers,
+                duration=args.duration,
+                connections=args.connections,
+                work=work,
             )
-            result["batch_p50"] = batch_p50(url, batch_body)
+            result["batch_p50"] = batch_p50(url, batch_body, headers)
             results[label].append(result)
             print(
                 f"[{position}/{len(order)}] {label} #{sample}: {result['rps']:.0f} requests/s",
@@ -380,6 +426,11 @@ def print_table(results: dict[str, list[dict]], header: list[str], note: str | N
             f"| {s['rps'].median / bare:.2f}x | {s['rps'].median / raw:.2f}x | {vs_mlflow} "
             f"| {s['batch_p50'].format(1)} |"
         )
+    auth_cost = ", ".join(
+        f"{keyed}: {summary[keyed]['rps'].median / summary[open_]['rps'].median:.2f}x"
+        for keyed, open_ in ((KEYED_BY_ID, OPEN_BY_ID), (KEYED_BY_NAME, OPEN_BY_NAME))
+    )
+    lines.append(f"\nAuth on vs auth off (median requests/s): {auth_cost}")
     if note:
         lines.append(f"\nMLflow: {note}")
     text = "\n".join(lines)
