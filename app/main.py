@@ -128,7 +128,10 @@ def create_app(
         max_bytes=settings.max_body_bytes,
         path_limits={"/datasets": settings.max_dataset_bytes},
     )
+    # Warm predictions never reach routing or the layers added before this one.
+    app.add_middleware(PredictFastPath, serving=app.state.serving, authenticator=authenticator)
     if settings.cors_origins:
+        # Outside the fast path, so its answers carry the CORS headers too.
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
@@ -136,8 +139,6 @@ def create_app(
             allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "X-Request-ID"],
             expose_headers=["Location", "Retry-After", "X-Request-ID"],
         )
-    # Warm predictions never reach routing or the layers added before this one.
-    app.add_middleware(PredictFastPath, serving=app.state.serving, authenticator=authenticator)
     # Added last, so it runs first: every answer, the fast path's included, gets its headers.
     app.add_middleware(RequestContextMiddleware)
     install_error_handlers(app)

@@ -105,8 +105,11 @@ def _store_once(
     existing = _by_fingerprint(reader, project, fingerprint)
     if existing is not None:
         return existing, False
+    # Checked before the parse, so a project over its quota learns it at once, and again
+    # under the project's row lock before the insert, so concurrent uploads cannot pass it.
     _check_storage_quota(reader, project, size_bytes)
     ingested = ingest()
+    _check_storage_quota(session, project, size_bytes, lock=True)
     dataset = Dataset(
         project=project,
         name=name,
@@ -142,8 +145,10 @@ def _by_fingerprint(session: Session, project: str, fingerprint: str) -> Dataset
     ).one_or_none()
 
 
-def _check_storage_quota(session: Session, project: str, size_bytes: int) -> None:
-    limit = projects.get_project(session=session, name=project).max_dataset_bytes
+def _check_storage_quota(
+    session: Session, project: str, size_bytes: int, *, lock: bool = False
+) -> None:
+    limit = projects.get_project(session=session, name=project, lock=lock).max_dataset_bytes
     if limit is None:
         return
     stored = session.scalar(

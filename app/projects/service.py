@@ -3,6 +3,7 @@
 from collections.abc import Sequence
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.errors import NotFoundError, QuotaExceededError
@@ -24,16 +25,22 @@ class ProjectNotFoundError(NotFoundError):
 def ensure_project(*, session: Session, name: str) -> Project:
     """The project with that name, created without quotas if it is new."""
     project = session.get(Project, name)
-    if project is None:
-        project = Project(name=name)
-        session.add(project)
-        session.flush()
+    if project is not None:
+        return project
+    project = Project(name=name)
+    try:
+        with session.begin_nested():
+            session.add(project)
+    except IntegrityError:
+        # A concurrent request created it first.
+        return get_project(session=session, name=name)
     return project
 
 
-def get_project(*, session: Session, name: str) -> Project:
-    """The project with that name."""
-    project = session.get(Project, name)
+def get_project(*, session: Session, name: str, lock: bool = False) -> Project:
+    """The project with that name; `lock` holds its row until commit, so that concurrent
+    requests of one project check its quotas one after the other."""
+    project = session.get(Project, name, with_for_update=lock)
     if project is None:
         raise ProjectNotFoundError(name)
     return project

@@ -13,7 +13,7 @@ from app.datasets import service as datasets
 from app.principal import Principal
 from app.projects import service as projects
 from app.runs import service
-from app.runs.models import Run
+from app.runs.models import RESUMABLE_STATUSES, Run
 from app.training.spec import DatasetRef, RunRequest, RunSpec, Task, resolve_spec
 
 
@@ -86,7 +86,14 @@ def submit_run(
     with unit_of_work(database.sessions) as session:
         spec, shape = resolved_spec(session=session, request=request, project=principal.project)
         service.check_limits(spec=spec, limits=settings.limits, shape=shape)
-        project = projects.get_project(session=session, name=principal.project)
+        if idempotency_key is not None:
+            # A retry gets its run back even when the run itself now fills the quota.
+            earlier = service.run_for_idempotency_key(
+                session=session, project=principal.project, key=idempotency_key, spec=spec
+            )
+            if earlier is not None:
+                return earlier, False
+        project = projects.get_project(session=session, name=principal.project, lock=True)
         service.check_run_quota(session=session, project=project, rows=shape[0], epochs=spec.epochs)
         run, created = service.create_run(
             session=session,
@@ -124,13 +131,15 @@ def resume_run(
     """Queue a cancelled or failed run again from its checkpoint; wake a worker."""
     with unit_of_work(database.sessions) as session:
         run = service.get_run(session=session, run_id=run_id, project=principal.project)
-        project = projects.get_project(session=session, name=principal.project)
-        service.check_run_quota(
-            session=session,
-            project=project,
-            rows=_rows(session=session, run=run),
-            epochs=epochs or run.epochs_total,
-        )
+        # A run that cannot resume answers 409 from resume_run, not 429 from the quota.
+        if run.status in RESUMABLE_STATUSES:
+            project = projects.get_project(session=session, name=principal.project, lock=True)
+            service.check_run_quota(
+                session=session,
+                project=project,
+                rows=_rows(session=session, run=run),
+                epochs=epochs or run.epochs_total,
+            )
         run = service.resume_run(
             session=session,
             run_id=run_id,

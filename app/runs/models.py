@@ -23,6 +23,7 @@ class RunStatus(StrEnum):
 
 ACTIVE_STATUSES = (RunStatus.RUNNING, RunStatus.CANCELLING)
 FINAL_STATUSES = (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED)
+RESUMABLE_STATUSES = (RunStatus.CANCELLED, RunStatus.FAILED)
 
 
 class FailureKind(StrEnum):
@@ -44,6 +45,8 @@ class Run(Base):
         Index("ix_runs_status_id", "status", "id"),
         Index("ix_runs_status_lease", "status", "lease_expires_at"),
         UniqueConstraint("project", "idempotency_key"),
+        # The fair claim counts each project's executing runs for every queued candidate.
+        Index("ix_runs_project_status", "project", "status"),
         # Ids are never reused, so a cached model keyed by run id can never outlive its run.
         {"sqlite_autoincrement": True},
     )

@@ -15,7 +15,7 @@ from app.errors import ConflictError, LimitExceededError, Loc, NotFoundError
 from app.pagination import newest_first
 from app.projects import service as projects
 from app.projects.models import Project
-from app.runs.models import Epoch, Run, RunStatus, Weights
+from app.runs.models import RESUMABLE_STATUSES, Epoch, Run, RunStatus, Weights
 from app.training.data import label_order
 from app.training.modules import count_parameters
 from app.training.spec import (
@@ -208,6 +208,13 @@ def create_run(
     return run, True
 
 
+def run_for_idempotency_key(
+    *, session: Session, project: str, key: str, spec: RunSpec
+) -> Run | None:
+    """The run an earlier request with this key made; a RunStateError if its spec differs."""
+    return _by_idempotency_key(session, project, key, spec.model_dump(mode="json"))
+
+
 def _by_idempotency_key(
     session: Session, project: str, key: str, stored_spec: dict[str, Any]
 ) -> Run | None:
@@ -319,7 +326,7 @@ def resume_run(
     resumed = _conditional_update(
         session,
         run_id,
-        (RunStatus.CANCELLED, RunStatus.FAILED),
+        RESUMABLE_STATUSES,
         status=RunStatus.QUEUED,
         queued_at=utcnow(),
         finished_at=None,

@@ -65,8 +65,8 @@ def claim_next(
         .correlate(Run)
         .scalar_subquery()
     )
-    next_id = (
-        select(Run.id)
+    candidate = session.execute(
+        select(Run.id, Run.project, Project.max_running_runs)
         .join(Project, Project.name == Run.project)
         .where(
             Run.status == RunStatus.QUEUED,
@@ -79,11 +79,16 @@ def claim_next(
         .order_by(executing_in_project, Run.id)
         .limit(1)
         .with_for_update(skip_locked=True, of=Run)
-        .scalar_subquery()
-    )
+    ).one_or_none()
+    if candidate is None:
+        return None
+    if candidate.max_running_runs is not None and not _room_to_run(
+        session, candidate.project, candidate.max_running_runs
+    ):
+        return None
     row = session.execute(
         update(Run)
-        .where(Run.id == next_id, Run.status == RunStatus.QUEUED)
+        .where(Run.id == candidate.id, Run.status == RunStatus.QUEUED)
         .values(
             status=RunStatus.RUNNING,
             attempt=Run.attempt + 1,
@@ -101,6 +106,19 @@ def claim_next(
         update(WorkerRecord).where(WorkerRecord.id == worker_id).values(current_run_id=row.id)
     )
     return Claim(run_id=row.id, attempt=row.attempt, spec=row.spec, epochs_total=row.epochs_total)
+
+
+def _room_to_run(session: Session, project: str, max_running_runs: int) -> bool:
+    """Whether the project may start another run, counted under its row lock.
+
+    On PostgreSQL two workers could otherwise both see one slot left and both claim; the
+    lock makes the second wait for the first to commit, then count its run.
+    """
+    session.execute(select(Project.name).where(Project.name == project).with_for_update())
+    executing = session.scalar(
+        select(func.count(Run.id)).where(Run.project == project, Run.status.in_(ACTIVE_STATUSES))
+    )
+    return (executing or 0) < max_running_runs
 
 
 def fence(*, session: Session, claim: Claim, **values: Any) -> str:

@@ -45,6 +45,11 @@ APPEND_ONLY_POSTGRESQL = (
     CREATE TRIGGER audit_events_append_only BEFORE UPDATE OR DELETE ON audit_events
     FOR EACH ROW EXECUTE FUNCTION fitserve_audit_append_only()
     """,
+    # Row triggers do not fire on TRUNCATE.
+    """
+    CREATE TRIGGER audit_events_no_truncate BEFORE TRUNCATE ON audit_events
+    FOR EACH STATEMENT EXECUTE FUNCTION fitserve_audit_append_only()
+    """,
 )
 APPEND_ONLY_SQLITE = tuple(
     f"""
@@ -90,6 +95,7 @@ def upgrade() -> None:
             batch_op.create_unique_constraint(
                 op.f(f"uq_{table}_project_{column}"), ["project", column]
             )
+    op.create_index("ix_runs_project_status", "runs", ["project", "status"])
     op.create_table(
         "api_keys",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -129,10 +135,12 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
+        op.execute("DROP TRIGGER audit_events_no_truncate ON audit_events")
         op.execute("DROP TRIGGER audit_events_append_only ON audit_events")
         op.execute("DROP FUNCTION fitserve_audit_append_only()")
     op.drop_index("ix_audit_events_project_id", table_name="audit_events")
     op.drop_table("audit_events")
+    op.drop_index("ix_runs_project_status", table_name="runs")
     op.drop_index(op.f("ix_api_keys_project"), table_name="api_keys")
     op.drop_table("api_keys")
     for table, column in SCOPED:

@@ -197,8 +197,13 @@ def test_quotas_answer_429_naming_the_quota(secured, make_key):
         **quota,
         "max_running_runs": None,
     }
-    for _ in range(2):
-        assert team.post("/runs", json=D2L_SPEC).status_code == 201
+    queued = [team.post("/runs", json=D2L_SPEC, headers={"Idempotency-Key": name}) for name in "ab"]
+    assert [answer.status_code for answer in queued] == [201, 201]
+    # A retry gets its run back although the run itself fills the quota.
+    retry = team.post("/runs", json=D2L_SPEC, headers={"Idempotency-Key": "b"})
+    assert (retry.status_code, retry.json()["id"]) == (200, queued[1].json()["id"])
+    # A run that cannot resume says so (409), whatever the quota.
+    assert team.post(f"/runs/{queued[0].json()['id']}/resume").status_code == 409
     over = team.post("/runs", json=D2L_SPEC)
     assert over.status_code == 429
     assert int(over.headers["retry-after"]) > 0
@@ -296,11 +301,19 @@ def test_answers_carry_a_request_id_and_security_headers(secured, make_key):
     )
 
 
-def test_cors_answers_only_the_origins_in_the_settings(settings: Settings):
+def test_cors_answers_only_the_origins_in_the_settings(settings: Settings, workers: LocalWorkers):
+    workers.start()
     allowed = "https://dashboard.example"
     app = create_app(settings.model_copy(update={"cors_origins": [allowed]}))
     with ApiServer(app) as server:
         client = _client(server)
+        run_id = _trained_run(client)["id"]
+        # Cold (through the app), then warm (the fast path): both carry the header.
+        for _ in range(2):
+            predicted = client.post(
+                f"/runs/{run_id}/predict", json={"inputs": [[1, 1]]}, headers={"Origin": allowed}
+            )
+            assert predicted.headers["access-control-allow-origin"] == allowed
         preflight = client.options(
             "/runs",
             headers={"Origin": allowed, "Access-Control-Request-Method": "POST"},
