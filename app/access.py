@@ -21,11 +21,15 @@ _bearer = HTTPBearer(auto_error=False, description="An API key from `fitserve ke
 class Authenticates(Protocol):
     """Tells who a request's `Authorization` header speaks for."""
 
-    def cached(self, authorization: str | None) -> Principal | None:
+    def cached(
+        self, authorization: str | None, *, host: str | None = None, origin: str | None = None
+    ) -> Principal | None:
         """From memory alone; None when only `authenticate` can tell."""
         ...
 
-    def authenticate(self, authorization: str | None) -> Principal:
+    def authenticate(
+        self, authorization: str | None, *, host: str | None = None, origin: str | None = None
+    ) -> Principal:
         """Reading the database if need be; raises UnauthorizedError."""
         ...
 
@@ -43,11 +47,13 @@ def require(role: Role) -> Callable[..., Awaitable[Principal]]:
         _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     ) -> Principal:
         auth = authenticator(request)
-        header = request.headers.get("authorization")
-        principal = auth.cached(header)
+        headers = request.headers
+        header = headers.get("authorization")
+        where = {"host": headers.get("host"), "origin": headers.get("origin")}
+        principal = auth.cached(header, **where)
         if principal is None:
             # Only a key the cache has not seen yet reaches the database.
-            principal = await run_in_threadpool(auth.authenticate, header)
+            principal = await run_in_threadpool(lambda: auth.authenticate(header, **where))
         if not principal.role.allows(role):
             raise ForbiddenError(f"this needs the {role} role; the key has {principal.role}")
         return principal.at(request.client.host if request.client else None)

@@ -31,6 +31,12 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def _loopback_host(host: str) -> bool:
+    """Whether a Host header (or an origin's host) names this machine, port or not."""
+    name = host.rsplit("]", 1)[0].lstrip("[") if host.startswith("[") else host.split(":")[0]
+    return is_loopback(name)
+
+
 def bearer_key(authorization: str | None) -> str | None:
     """The key of an `Authorization: Bearer KEY` header."""
     if authorization is None:
@@ -64,19 +70,45 @@ class Authenticator:
         # Until the keys are read, fail closed.
         return not self.loopback or self.cache.any_keys or not self.cache.loaded
 
-    def cached(self, authorization: str | None) -> Principal | None:
+    def cached(
+        self, authorization: str | None, *, host: str | None = None, origin: str | None = None
+    ) -> Principal | None:
         """Who the request acts as, from memory alone; None when only `authenticate` can tell."""
         key = bearer_key(authorization)
         if key is None:
-            return None if self.required or authorization is not None else OPEN_ACCESS
+            if self.required or authorization is not None or not self._open_to(host, origin):
+                return None
+            return OPEN_ACCESS
         return self.cache.principal(key)
 
-    def authenticate(self, authorization: str | None) -> Principal:
+    def _open_to(self, host: str | None, origin: str | None) -> bool:
+        """Whether a request without a key may act as OPEN_ACCESS.
+
+        Always with FITSERVE_AUTH=off. Open because nothing is configured (a loopback bind,
+        no key yet), only a request from this machine may: a loopback Host, and no Origin
+        but this machine's. Otherwise any web page the developer opens could send writes
+        (a cross-site form), or read answers through a name that resolves to 127.0.0.1.
+        """
+        if self.mode == "off":
+            return True
+        if host is None or not _loopback_host(host):
+            return False
+        return origin is None or _loopback_host(origin.partition("://")[2] or origin)
+
+    def authenticate(
+        self, authorization: str | None, *, host: str | None = None, origin: str | None = None
+    ) -> Principal:
         """Who the request acts as, reading the database for a key the cache lacks."""
-        principal = self.cached(authorization)
+        principal = self.cached(authorization, host=host, origin=origin)
         if principal is not None:
             return principal
         key = bearer_key(authorization)
+        if key is None and not self.required and authorization is None:
+            raise UnauthorizedError(
+                "without an API key only requests from this machine are served (a loopback "
+                f"Host and Origin; this one has Host {host!r}, Origin {origin!r}): send "
+                "`Authorization: Bearer KEY`"
+            )
         if key is None:
             raise UnauthorizedError(
                 "this endpoint needs an API key: send `Authorization: Bearer KEY`"

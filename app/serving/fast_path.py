@@ -38,14 +38,14 @@ class PredictFastPath:
         if scope["type"] != "http" or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
-        small_json, authorization = self._read_headers(scope)
+        small_json, authorization, host, origin = self._read_headers(scope)
         path = scope["path"]
         run_match = _RUN_PREDICT.match(path)
         if not small_json or (path != "/predict" and run_match is None):
             await self.app(scope, receive, send)
             return
         # A request the cache cannot authenticate gets the app's answer (401, 403).
-        principal = self.authenticator.cached(authorization)
+        principal = self.authenticator.cached(authorization, host=host, origin=origin)
         if principal is None:
             await self.app(scope, receive, send)
             return
@@ -61,9 +61,9 @@ class PredictFastPath:
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": answer})
 
-    def _read_headers(self, scope: Scope) -> tuple[bool, str | None]:
-        """Whether the body is small JSON of a declared length, and the Authorization header."""
-        declared = content_type = authorization = None
+    def _read_headers(self, scope: Scope) -> tuple[bool, str | None, str | None, str | None]:
+        """Whether the body is small JSON of a declared length; Authorization, Host, Origin."""
+        declared = content_type = authorization = host = origin = None
         for name, value in scope["headers"]:
             if name == b"content-length":
                 declared = value
@@ -71,8 +71,12 @@ class PredictFastPath:
                 content_type = value
             elif name == b"authorization":
                 authorization = value.decode("latin-1")
+            elif name == b"host":
+                host = value.decode("latin-1")
+            elif name == b"origin":
+                origin = value.decode("latin-1")
             elif name == b"transfer-encoding":
-                return False, None
+                return False, None, None, None
         small_json = (
             content_type is not None
             and content_type.startswith(b"application/json")
@@ -80,7 +84,7 @@ class PredictFastPath:
             and declared.isdigit()
             and int(declared) <= self._max_bytes
         )
-        return small_json, authorization
+        return small_json, authorization, host, origin
 
     def _answer(self, body: bytes, run_id: int | None, project: str) -> bytes | None:
         """The answer from memory, or None for the app to give."""

@@ -266,6 +266,11 @@ def test_the_first_key_turns_auth_on_for_a_loopback_service(settings: Settings, 
     with ApiServer(create_app(settings.model_copy(update={"auth": None}))) as server:
         anonymous = _client(server)
         assert anonymous.get("/runs").status_code == 200
+        # Open only to this machine: not to a web page elsewhere, nor a rebound name.
+        for headers in ({"Origin": "https://evil.example"}, {"Host": "evil.example"}):
+            refused = anonymous.post("/datasets/builtin/iris", headers=headers)
+            assert refused.status_code == 401, headers
+            assert "only requests from this machine" in refused.json()["detail"]
         key = make_key("team", "train")
         wait_until(lambda: anonymous.get("/runs").status_code == 401, timeout=2)
         assert _client(server, key).get("/runs").status_code == 200

@@ -41,8 +41,26 @@ def test_a_key_checked_once_stops_working_when_a_reload_drops_it():
 def test_auth_is_required_by_setting_by_any_key_or_off_loopback(mode, host, any_keys, required):
     auth = Authenticator(mode=mode, host=host, sessions=None, cache=_cache(any_keys=any_keys))
     assert auth.required is required
-    assert auth.cached(None) == (None if required else OPEN_ACCESS)
+    assert auth.cached(None, host="localhost:8000") == (None if required else OPEN_ACCESS)
     assert auth.cached(f"Bearer {KEY}") == (TEAM if any_keys else None)
+
+
+@pytest.mark.parametrize(
+    ("host", "origin", "served"),
+    [
+        ("127.0.0.1:8000", None, True),
+        ("[::1]:8000", "http://localhost:8000", True),
+        ("127.0.0.1:8000", "https://evil.example", False),  # a cross-site form or fetch
+        ("evil.example:8000", None, False),  # a name rebound to 127.0.0.1
+        (None, None, False),
+        ("127.0.0.1:8000", "null", False),
+    ],
+)
+def test_open_by_default_serves_only_requests_from_this_machine(host, origin, served):
+    auth = Authenticator(mode=None, host="127.0.0.1", sessions=None, cache=_cache(any_keys=False))
+    assert auth.cached(None, host=host, origin=origin) == (OPEN_ACCESS if served else None)
+    explicitly_open = Authenticator(mode="off", host="0.0.0.0", sessions=None, cache=_cache())
+    assert explicitly_open.cached(None, host=host, origin=origin) == OPEN_ACCESS
 
 
 def test_auth_fails_closed_until_the_keys_are_loaded():
