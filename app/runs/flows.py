@@ -64,15 +64,6 @@ def resolved_spec(
     return spec, datasets.shape_for_run(dataset=dataset, ref=ref, task=spec.task)
 
 
-def _rows(*, session: Session, run: Run) -> int:
-    """How many rows the run trains on."""
-    spec = RunSpec.model_validate(run.spec)
-    if not isinstance(spec.dataset, DatasetRef):
-        return service.dataset_shape(spec)[0]
-    dataset = datasets.stored_for_run(session=session, ref=spec.dataset, project=run.project)
-    return datasets.shape_for_run(dataset=dataset, ref=spec.dataset, task=spec.task)[0]
-
-
 def submit_run(
     *,
     database: Database,
@@ -137,7 +128,12 @@ def resume_run(
             service.check_run_quota(
                 session=session,
                 project=project,
-                rows=_rows(session=session, run=run),
+                # A stored spec is a resolved request: resolving it again finds its shape.
+                rows=resolved_spec(
+                    session=session,
+                    request=RunRequest.model_validate(run.spec),
+                    project=principal.project,
+                )[1][0],
                 epochs=epochs or run.epochs_total,
             )
         run = service.resume_run(

@@ -211,6 +211,12 @@ def test_quotas_answer_429_naming_the_quota(secured, make_key):
     big = team.post("/runs", json={**D2L_SPEC, "epochs": 6})
     assert big.status_code == 429
     assert "max_rows_x_epochs" in big.json()["detail"]
+    # Resuming with more epochs counts against the run-size quota too.
+    first_id = queued[0].json()["id"]
+    assert team.post(f"/runs/{first_id}/cancel").status_code == 200
+    longer = team.post(f"/runs/{first_id}/resume", json={"epochs": 6})
+    assert (longer.status_code, "max_rows_x_epochs" in longer.text) == (429, True)
+    assert team.post(f"/runs/{first_id}/resume").status_code == 200
     first = team.post("/datasets", json={"columns": COLUMNS, "target": "y"})
     assert first.status_code == 201, first.text
     second = team.post(
