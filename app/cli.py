@@ -46,7 +46,7 @@ def run_api(settings: Settings, semaphore: Any = None) -> None:
     from app.main import create_app
     from app.worker.worker import Wakeup
 
-    configure_logging()
+    configure_logging(settings)
     wakeup = Wakeup(semaphore) if semaphore is not None else None
     app = create_app(settings, wakeup=wakeup.notify if wakeup else None)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", access_log=False)
@@ -215,8 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     _add_admin_commands(commands)
     args = parser.parse_args(argv)
 
-    configure_logging()
     settings = Settings()
+    configure_logging(settings)
     if args.command == "db":
         if args.action == "upgrade":
             upgrade_database(settings, args.revision or "head")

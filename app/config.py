@@ -149,6 +149,24 @@ class Settings(BaseSettings):
         "from the database: the bound on how stale `name@alias` can be in any process.",
     )
 
+    events_poll_seconds: float = Field(
+        default=0.1,
+        gt=0,
+        le=0.2,
+        description="How often each API process looks for new run events where the database "
+        "has no NOTIFY (SQLite): the bound on an event stream's delay.",
+    )
+    events_keepalive_seconds: float = Field(
+        default=15.0,
+        gt=0,
+        description="Seconds between keep-alive comments on an idle event stream.",
+    )
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="`json`: one JSON object a line, with run id, attempt, worker and request id.",
+    )
+    log_level: str = "INFO"
+
     limits: Limits = Field(default_factory=Limits)
 
     @model_validator(mode="after")

@@ -42,7 +42,7 @@ def run_worker(settings: Settings, worker_id: str, device: str, semaphore: Any =
     """Entry point of a worker process."""
     from app.logs import configure_logging
 
-    configure_logging()
+    configure_logging(settings)
     worker_settings = WorkerSettings.from_settings(settings, worker_id=worker_id, device=device)
     worker = Worker(worker_settings, wakeup=Wakeup(semaphore) if semaphore is not None else None)
     with worker.signal_handlers():
