@@ -14,6 +14,8 @@ from app.config import Settings
 from app.database import Database
 from app.datasets.router import router as datasets_router
 from app.error_handlers import install_error_handlers
+from app.events.broker import EventBroker
+from app.events.router import router as events_router
 from app.keys.auth import Authenticator
 from app.keys.router import router as keys_router
 from app.polling import Poller
@@ -50,7 +52,11 @@ def _no_wakeup() -> None:
 
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
-    pollers: list[Poller] = [app.state.registry_watcher.poller, app.state.key_poller]
+    pollers: list[Poller | EventBroker] = [
+        app.state.registry_watcher.poller,
+        app.state.key_poller,
+        app.state.event_broker,
+    ]
     authenticator: Authenticator = app.state.authenticator
     try:
         # Read once before the first request, so the auth mode is right from the start.
@@ -106,6 +112,7 @@ def create_app(
         logger=logger,
         failure_message="reloading API keys failed; keys already loaded keep working",
     )
+    app.state.event_broker = EventBroker(database=database, settings=settings)
     app.state.registry_watcher = RegistryWatcher(
         sessions=database.read_sessions,
         models=serving.models,
@@ -147,6 +154,7 @@ def create_app(
     app.router.routes.extend(serving_router.routes)
     app.include_router(datasets_router)
     app.include_router(runs_router)
+    app.include_router(events_router)
     app.include_router(registry_router)
     app.include_router(system_router)
     app.include_router(keys_router)

@@ -31,9 +31,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 import httpx
 import psycopg
@@ -125,16 +127,7 @@ def measure(
     latencies = []
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    if client.get("/workers").json():
-                        break
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"{config.name}: service did not come up")
-                time.sleep(0.2)
+            wait_for_workers(client, config.name)
             for index in range(WARM_UP + runs):
                 # The offset decouples the arrival from the poll cycle, which restarts when
                 # the previous run ends (see the module docstring).
@@ -156,11 +149,30 @@ def measure(
                 created = datetime.fromisoformat(run["created_at"])
                 latencies.append((started - created).total_seconds() * 1000)
     finally:
-        for process in processes:
-            process.send_signal(signal.SIGTERM)
-        for process in processes:
-            process.wait(30)
+        stop(processes)
     return latencies
+
+
+def wait_for_workers(client: httpx.Client, name: str) -> None:
+    """Wait until the service answers and a worker has registered."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if client.get("/workers").json():
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{name}: service did not come up")
+        time.sleep(0.2)
+
+
+def stop(processes: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM every process, then wait for each to exit."""
+    for process in processes:
+        process.send_signal(signal.SIGTERM)
+    for process in processes:
+        process.wait(30)
 
 
 def main() -> None:
@@ -186,7 +198,6 @@ def main() -> None:
         parser.error(f"--window must be a whole multiple of the poll interval ({POLL_SECONDS:g} s)")
 
     order = sample_order([config.name for config in CONFIGURATIONS], args.samples, args.seed)
-    configs = {config.name: config for config in CONFIGURATIONS}
     print(f"POST /runs -> running, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
     for line in environment({"postgresql server": postgres_version(args.pg)}):
         print(f"  {line}")
@@ -199,24 +210,50 @@ def main() -> None:
         print(f"    {position}. {name} #{sample}")
     print()
 
-    samples: dict[str, list[list[float]]] = {config.name: [] for config in CONFIGURATIONS}
+    def sample(config: Configuration, database_url: str, number: int) -> list[float]:
+        # One stream per sample, so a sample's offsets do not depend on the order.
+        rng = random.Random(f"{args.seed}/{config.name}/{number}")
+        return measure(config, database_url, args.runs, args.window, rng)
+
+    samples = run_samples(
+        order, {config.name: config for config in CONFIGURATIONS}, args.pg, sample
+    )
+    print_table(samples)
+
+
+Config = TypeVar("Config", bound="HasDatabase")
+
+
+class HasDatabase(Protocol):
+    """A configuration that names whether it runs on PostgreSQL."""
+
+    name: str
+    postgres: bool
+
+
+def run_samples(
+    order: list[tuple[str, int]],
+    configs: dict[str, Config],
+    pg: str,
+    sample: Callable[[Config, str, int], list[float]],
+) -> dict[str, list[list[float]]]:
+    """Each sample in `order` on a fresh database, its p50 and p95 printed as it ends."""
+    samples: dict[str, list[list[float]]] = {name: [] for name in configs}
     with tempfile.TemporaryDirectory() as tmp:
-        for position, (name, sample) in enumerate(order, 1):
+        for position, (name, number) in enumerate(order, 1):
             config = configs[name]
             if config.postgres:
-                database_url = fresh_postgres(args.pg)
+                database_url = fresh_postgres(pg)
             else:
                 database_url = f"sqlite:///{tmp}/{position}.db"
-            # One stream per sample, so a sample's offsets do not depend on the order.
-            rng = random.Random(f"{args.seed}/{name}/{sample}")
-            latencies = measure(config, database_url, args.runs, args.window, rng)
+            latencies = sample(config, database_url, number)
             samples[name].append(latencies)
             print(
-                f"[{position}/{len(order)}] {name} #{sample}: "
+                f"[{position}/{len(order)}] {name} #{number}: "
                 f"p50 {percentile(latencies, 50):.1f} ms, p95 {percentile(latencies, 95):.1f} ms",
                 flush=True,
             )
-    print_table(samples)
+    return samples
 
 
 def print_table(samples: dict[str, list[list[float]]]) -> None:

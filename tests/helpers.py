@@ -207,7 +207,7 @@ def post_run(client: httpx.Client, spec: dict[str, Any], **headers: str) -> dict
 class ApiProcess:
     """`fitserve api` as a subprocess: an API process of its own, as on another machine."""
 
-    def __init__(self, settings: Settings, **env_overrides: str) -> None:
+    def __init__(self, settings: Settings, log: Path | None = None, **env_overrides: str) -> None:
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
         env = {
@@ -218,7 +218,9 @@ class ApiProcess:
             **env_overrides,
         }
         fitserve = Path(sys.executable).with_name("fitserve")
-        self.process = subprocess.Popen([str(fitserve), "api"], env=env)
+        # stderr to `log` when given, for a test that reads what the process logged.
+        self._log = log.open("wb") if log is not None else None
+        self.process = subprocess.Popen([str(fitserve), "api"], env=env, stderr=self._log)
 
     def __enter__(self) -> "ApiProcess":
         def answers() -> bool:
@@ -237,3 +239,5 @@ class ApiProcess:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+        if self._log is not None:
+            self._log.close()

@@ -47,6 +47,7 @@ class Run(Base):
         UniqueConstraint("project", "idempotency_key"),
         # The fair claim counts each project's executing runs for every queued candidate.
         Index("ix_runs_project_status", "project", "status"),
+        Index("ix_runs_project_name", "project", "name"),
         # Ids are never reused, so a cached model keyed by run id can never outlive its run.
         {"sqlite_autoincrement": True},
     )
@@ -55,6 +56,7 @@ class Run(Base):
     project: Mapped[str] = mapped_column(ForeignKey("projects.name"), index=True)
     status: Mapped[str] = mapped_column(String(16), default=RunStatus.QUEUED)
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    name: Mapped[str | None] = mapped_column(String(200))
     # SET NULL: a dataset deleted with force=true leaves its runs, which then fail to run.
     dataset_id: Mapped[int | None] = mapped_column(
         ForeignKey("datasets.id", ondelete="SET NULL"), index=True
@@ -89,6 +91,54 @@ class Run(Base):
     def progress(self) -> dict[str, int]:
         """Epochs finished out of epochs asked for."""
         return {"epoch": self.epochs_done, "epochs": self.epochs_total}
+
+    @property
+    def tags(self) -> list[str]:
+        """The tags the spec gave the run (`run_tags` indexes them for search)."""
+        return list(self.spec.get("tags", []))
+
+
+class RunTag(Base):
+    """One tag of a run, so listings filter by tag with an index."""
+
+    __tablename__ = "run_tags"
+    __table_args__ = (Index("ix_run_tags_tag_run_id", "tag", "run_id"),)
+
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    tag: Mapped[str] = mapped_column(String(64), primary_key=True)
+
+
+class EventKind(StrEnum):
+    """What a run event announces."""
+
+    STATUS = "status"
+    EPOCH = "epoch"
+
+
+class RunEvent(Base):
+    """A status a run entered or an epoch it committed; written only by database triggers.
+
+    The triggers (migration 0006) write it in the transaction that made the change, so
+    event ids order every change and a stream resumed after an id misses none.
+    """
+
+    __tablename__ = "run_events"
+    __table_args__ = (
+        Index("ix_run_events_run_id_id", "run_id", "id"),
+        Index("ix_run_events_project_id", "project", "id"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    project: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str | None] = mapped_column(String(16))
+    # The epoch committed; for a status event, the epochs done when the status changed.
+    epoch: Mapped[int | None]
+    # The epoch row, not its number: a resumed attempt replaces rows past its checkpoint.
+    epoch_id: Mapped[int | None]
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class Epoch(Base):

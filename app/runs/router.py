@@ -7,13 +7,21 @@ from fastapi import APIRouter, Header, Query, Response, status
 from app.access import TrainAccess
 from app.dependencies import DatabaseDep, ReadSessionDep, SettingsDep
 from app.error_handlers import ERROR_RESPONSES
-from app.ids import Id
+from app.errors import InvalidInputError
+from app.ids import MAX_ID, Id
 from app.runs import flows, service
 from app.runs.dependencies import RunEventsDep
-from app.runs.models import RunStatus
-from app.runs.schemas import EpochRead, ResumeRequest, RunPage, RunRead, WeightsRead
+from app.runs.models import Run, RunStatus
+from app.runs.schemas import (
+    EpochRead,
+    ResumeRequest,
+    RunComparison,
+    RunPage,
+    RunRead,
+    WeightsRead,
+)
 from app.training.artifacts import tensors_as_json
-from app.training.spec import RunRequest
+from app.training.spec import MAX_TAGS, RunRequest, Tag
 
 router = APIRouter(prefix="/runs", tags=["runs"], responses=ERROR_RESPONSES)
 
@@ -55,25 +63,72 @@ def list_runs(
     session: ReadSessionDep,
     principal: TrainAccess,
     status_filter: Annotated[RunStatus | None, Query(alias="status")] = None,
+    name: Annotated[
+        str | None, Query(max_length=200, description="A part of the run's name, any case.")
+    ] = None,
+    tag: Annotated[
+        list[Tag] | None,
+        Query(
+            max_length=MAX_TAGS, description="Runs carrying this tag; repeat for all of several."
+        ),
+    ] = None,
+    sort: Annotated[
+        str,
+        Query(
+            pattern=service.SORT_PATTERN,
+            description="`-created_at` (default), `created_at`, `name`, `-name`, or "
+            "`metrics.NAME` / `-metrics.NAME` by a final metric (runs without it last).",
+        ),
+    ] = service.RunSort.NEWEST,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[Id | None, Query(description="next_cursor of a page")] = None,
 ) -> RunPage:
-    """Runs, newest first, one page at a time (inline dataset rows left out)."""
-    runs, next_id = service.list_runs(
+    """Runs, newest first unless sorted, one page at a time (inline dataset rows left out)."""
+    runs, next_cursor = service.list_runs(
         session=session,
         project=principal.project,
         status=status_filter,
+        name=name,
+        tags=tag or (),
+        sort=sort,
         limit=limit,
-        before_id=cursor,
+        cursor=cursor,
     )
     return RunPage(
-        items=[
-            RunRead.model_validate(run).model_copy(
-                update={"spec": service.listing_spec(spec=run.spec)}
-            )
-            for run in runs
-        ],
-        next_cursor=str(next_id) if next_id is not None else None,
+        items=[listing(run) for run in runs],
+        next_cursor=str(next_cursor) if next_cursor is not None else None,
+    )
+
+
+@router.get("/compare")
+def compare_runs(
+    session: ReadSessionDep,
+    principal: TrainAccess,
+    ids: Annotated[
+        str,
+        Query(
+            pattern=r"^\d{1,10}(,\d{1,10}){1,4}$",
+            description="2 to 5 run ids, comma-separated.",
+            examples=["3,4"],
+        ),
+    ],
+) -> RunComparison:
+    """Runs side by side: the spec fields where they differ, and their final metrics."""
+    run_ids = [int(part) for part in ids.split(",")]
+    if len(set(run_ids)) != len(run_ids) or max(run_ids) > MAX_ID:
+        raise InvalidInputError("ids must be distinct run ids", loc=("query", "ids"))
+    comparison = service.compare_runs(session=session, run_ids=run_ids, project=principal.project)
+    return RunComparison(
+        runs=[listing(run) for run in comparison.runs],
+        spec_differences=comparison.spec_differences,
+        metrics=comparison.metrics,
+    )
+
+
+def listing(run: Run) -> RunRead:
+    """A run as listings show it, inline dataset rows left out."""
+    return RunRead.model_validate(run).model_copy(
+        update={"spec": service.listing_spec(spec=run.spec)}
     )
 
 

@@ -21,6 +21,8 @@ class RunRead(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
     id: int
+    name: str | None
+    tags: list[str]
     status: RunStatus
     spec: dict[str, Any] = Field(description="The run spec as stored, defaults filled in.")
     task: str
@@ -49,6 +51,18 @@ class RunPage(BaseModel):
     items: list[RunRead]
     next_cursor: str | None = Field(
         description="Pass as `cursor` for the next page; null at the end."
+    )
+
+
+class RunComparison(BaseModel):
+    """Runs side by side."""
+
+    runs: list[RunRead] = Field(description="The runs in the order asked, as listings show them.")
+    spec_differences: dict[str, list[Any]] = Field(
+        description="Each spec field (a dotted path) whose values differ: one value per run."
+    )
+    metrics: dict[str, list[Any]] = Field(
+        description="Each final metric any of the runs has: one value per run (null: none)."
     )
 
 

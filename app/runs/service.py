@@ -1,9 +1,11 @@
 """Run life cycle on the API side: create, read, list, cancel, resume, delete."""
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import delete, exists, func, select, update
+from sqlalchemy import ColumnElement, delete, exists, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -15,7 +17,16 @@ from app.errors import ConflictError, LimitExceededError, Loc, NotFoundError
 from app.pagination import newest_first
 from app.projects import service as projects
 from app.projects.models import Project
-from app.runs.models import RESUMABLE_STATUSES, Epoch, Run, RunStatus, Weights
+from app.runs.models import (
+    RESUMABLE_STATUSES,
+    Epoch,
+    EventKind,
+    Run,
+    RunEvent,
+    RunStatus,
+    RunTag,
+    Weights,
+)
 from app.training.data import label_order
 from app.training.modules import count_parameters
 from app.training.spec import (
@@ -186,10 +197,13 @@ def create_run(
         epochs_total=spec.epochs,
         max_attempts=spec.max_attempts or default_max_attempts,
         idempotency_key=idempotency_key,
+        name=spec.name,
     )
     try:
         with session.begin_nested():
             session.add(run)
+            session.flush()
+            session.add_all(RunTag(run_id=run.id, tag=tag) for tag in spec.tags)
     except IntegrityError:
         # A concurrent request with the same key won the race: answer with its run.
         if idempotency_key is not None:
@@ -236,21 +250,160 @@ def get_run(*, session: Session, run_id: int, project: str) -> Run:
     return run
 
 
+class RunSort(StrEnum):
+    """Orders a run listing can take besides a final metric."""
+
+    NEWEST = "-created_at"
+    OLDEST = "created_at"
+    NAME = "name"
+    NAME_DESCENDING = "-name"
+
+
+SORT_PATTERN = r"^(-?created_at|-?name|-?metrics\.[A-Za-z0-9_]{1,64})$"
+
+
 def list_runs(
     *,
     session: Session,
     project: str,
     status: RunStatus | None,
     limit: int,
-    before_id: int | None,
+    cursor: int | None,
+    name: str | None = None,
+    tags: Sequence[str] = (),
+    sort: str = RunSort.NEWEST,
 ) -> tuple[Sequence[Run], int | None]:
-    """A page of the project's runs, newest first, and the id to continue before (None: end)."""
+    """A page of the project's runs and the cursor of the next page (None: the end).
+
+    `name` matches a part of the name, any case; every tag in `tags` must be on the run.
+    `sort` is one of `RunSort` or `[-]metrics.NAME` (runs without that metric last); newest
+    first pages by id, any other order by position.
+    """
     query = select(Run).where(Run.project == project)
     if status is not None:
         query = query.where(Run.status == status)
-    return newest_first(
-        session=session, query=query, id_column=Run.id, limit=limit, before_id=before_id
+    if name:
+        pattern = name.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        query = query.where(Run.name.ilike(f"%{pattern}%", escape="\\"))
+    for tag in tags:
+        query = query.where(Run.id.in_(select(RunTag.run_id).where(RunTag.tag == tag)))
+    if sort == RunSort.NEWEST:
+        return newest_first(
+            session=session, query=query, id_column=Run.id, limit=limit, before_id=cursor
+        )
+    offset = cursor or 0
+    rows = session.scalars(
+        query.order_by(_sort_key(sort), Run.id.desc()).offset(offset).limit(limit + 1)
+    ).all()
+    if len(rows) > limit:
+        return rows[:limit], offset + limit
+    return rows, None
+
+
+def _sort_key(sort: str) -> ColumnElement[Any]:
+    descending = sort.startswith("-")
+    field = sort.removeprefix("-")
+    column: ColumnElement[Any]
+    if field == "created_at":
+        column = Run.id
+    elif field == "name":
+        column = Run.name
+    else:
+        column = Run.metrics[field.removeprefix("metrics.")].as_float()
+    return (column.desc() if descending else column.asc()).nulls_last()
+
+
+@dataclass(frozen=True)
+class RunComparison:
+    """Runs side by side: the spec fields where they differ and each final metric."""
+
+    runs: list[Run]
+    spec_differences: dict[str, list[Any]]
+    metrics: dict[str, list[Any]]
+
+
+def compare_runs(*, session: Session, run_ids: Sequence[int], project: str) -> RunComparison:
+    """The runs in the order asked, the spec fields where they differ, and their metrics."""
+    runs = [get_run(session=session, run_id=run_id, project=project) for run_id in run_ids]
+    specs = [_flatten(listing_spec(spec=run.spec)) for run in runs]
+    differences: dict[str, list[Any]] = {}
+    for path in sorted({path for spec in specs for path in spec}):
+        values = [spec.get(path) for spec in specs]
+        if any(value != values[0] for value in values[1:]):
+            differences[path] = values
+    names = sorted({name for run in runs for name in run.metrics or {}})
+    metrics = {name: [(run.metrics or {}).get(name) for run in runs] for name in names}
+    return RunComparison(runs=runs, spec_differences=differences, metrics=metrics)
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(value, dict) or not value:
+        return {prefix: value}
+    flat: dict[str, Any] = {}
+    for key, item in value.items():
+        flat.update(_flatten(item, f"{prefix}.{key}" if prefix else key))
+    return flat
+
+
+@dataclass(frozen=True)
+class StreamEvent:
+    """A run event as a stream sends it."""
+
+    id: int
+    run_id: int
+    kind: EventKind
+    data: dict[str, Any]
+
+
+def events_after(
+    *, session: Session, project: str, after_id: int, run_id: int | None = None, limit: int = 500
+) -> list[StreamEvent]:
+    """The project's (or one run's) events after an event id, oldest first.
+
+    An epoch event whose row a resumed attempt has since dropped is left out: the attempt
+    writes that epoch again, with an event of its own.
+    """
+    query = (
+        select(RunEvent, Epoch, Run)
+        .join(Run, Run.id == RunEvent.run_id)
+        .outerjoin(Epoch, Epoch.id == RunEvent.epoch_id)
+        .where(RunEvent.project == project, RunEvent.id > after_id)
+        .order_by(RunEvent.id)
+        .limit(limit)
     )
+    if run_id is not None:
+        query = query.where(RunEvent.run_id == run_id)
+    events = []
+    for event, epoch, run in session.execute(query):
+        if event.kind == EventKind.EPOCH:
+            if epoch is None:
+                continue
+            data = {
+                "run_id": run.id,
+                "epoch": epoch.epoch,
+                "train_loss": epoch.train_loss,
+                "val_loss": epoch.val_loss,
+                "metrics": epoch.metrics,
+                "seconds": epoch.seconds,
+                "attempt": epoch.attempt,
+            }
+        else:
+            data = {
+                "run_id": run.id,
+                "status": event.status,
+                "progress": {"epoch": event.epoch, "epochs": run.epochs_total},
+            }
+            if event.status == RunStatus.FAILED and run.status == RunStatus.FAILED:
+                data |= {"failure_kind": run.failure_kind, "error": run.error}
+        events.append(
+            StreamEvent(id=event.id, run_id=run.id, kind=EventKind(event.kind), data=data)
+        )
+    return events
+
+
+def newest_event_id(*, session: Session, project: str) -> int:
+    """The id of the project's newest run event (0: none yet)."""
+    return session.scalar(select(func.max(RunEvent.id)).where(RunEvent.project == project)) or 0
 
 
 def listing_spec(*, spec: dict[str, Any]) -> dict[str, Any]:

@@ -2,7 +2,14 @@
 
 from typing import Annotated, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from app.errors import InvalidInputError
 from app.ids import MAX_ID
@@ -164,6 +171,18 @@ LOSS_TASKS: dict[str, Task] = {
 }
 
 
+MAX_TAGS = 20
+Tag = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:/=-]*$",
+        description="Letters, digits and _ . : / = -",
+    ),
+]
+
+
 class RunRequest(StrictModel):
     """A run as a client asks for it; task and loss may be left for fitserve to fill in."""
 
@@ -203,6 +222,14 @@ class RunRequest(StrictModel):
         },
     )
 
+    name: str | None = Field(
+        None, min_length=1, max_length=200, description="A label to find the run by."
+    )
+    tags: list[Tag] = Field(
+        default_factory=list,
+        max_length=MAX_TAGS,
+        description=f"Up to {MAX_TAGS} tags; `GET /runs?tag=` lists the runs carrying one.",
+    )
     dataset: DatasetSpec = Field(description="Where the rows come from.")
     task: Task | None = Field(
         None, description="regression or classification; inferred from the loss when omitted."
@@ -240,6 +267,14 @@ class RunRequest(StrictModel):
         description="Attempts that may be lost (a dead worker, an expired lease, no memory) "
         "before the run fails.",
     )
+
+    @field_validator("tags")
+    @classmethod
+    def _tags_unique(cls, tags: list[str]) -> list[str]:
+        repeated = sorted({tag for tag in tags if tags.count(tag) > 1})
+        if repeated:
+            raise ValueError(f"tags must be distinct; repeated: {', '.join(repeated)}")
+        return tags
 
 
 SYNTHETIC_TASKS: dict[str, Task] = {

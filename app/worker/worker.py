@@ -15,7 +15,6 @@ from typing import Any, TypeVar
 
 import torch
 from pydantic import ValidationError
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -23,6 +22,7 @@ from app.config import RunFaults, Settings
 from app.database import Database, unit_of_work, utcnow
 from app.datasets.service import load_table
 from app.errors import InvalidInputError
+from app.notifications import relay_notifications
 from app.runs import records
 from app.runs.models import FailureKind, RunStatus
 from app.training.artifacts import CheckpointBlob, export_weights
@@ -250,20 +250,15 @@ class Worker:
                 self._wake.set()
 
     def _relay_notifications(self) -> None:
-        import psycopg
-
-        url = make_url(self.settings.database_url).set(drivername="postgresql")
-        conninfo = url.render_as_string(hide_password=False)
-        while not self.stop_requested.is_set():
-            try:
-                with psycopg.connect(conninfo, autocommit=True) as connection:
-                    connection.execute(f"LISTEN {queue.NOTIFY_CHANNEL}")
-                    while not self.stop_requested.is_set():
-                        for _ in connection.notifies(timeout=0.5, stop_after=1):
-                            self._wake.set()
-            except psycopg.Error:
-                logger.warning("LISTEN connection lost; polling until it is back", exc_info=True)
-                self.stop_requested.wait(self.settings.poll_seconds)
+        # Until LISTEN is back the worker still polls every poll_seconds.
+        relay_notifications(
+            database_url=self.settings.database_url,
+            channel=queue.NOTIFY_CHANNEL,
+            on_notify=lambda _payload: self._wake.set(),
+            stop=self.stop_requested,
+            retry_seconds=self.settings.poll_seconds,
+            logger=logger,
+        )
 
 
 @dataclass(frozen=True)
@@ -530,9 +525,6 @@ class RunExecution:
         self, session: Session, report: EpochReport, trainer: Trainer, due: bool
     ) -> str:
         status = queue.fence(session=session, claim=self.claim, epochs_done=report.epoch)
-        records.add_epoch(
-            session=session, run_id=self.claim.run_id, attempt=self.claim.attempt, report=report
-        )
         if due:
             records.save_checkpoint(
                 session=session,
@@ -540,6 +532,10 @@ class RunExecution:
                 attempt=self.claim.attempt,
                 blob=trainer.checkpoint(),
             )
+        # Last: its event takes the project's event lock (PostgreSQL), held until commit.
+        records.add_epoch(
+            session=session, run_id=self.claim.run_id, attempt=self.claim.attempt, report=report
+        )
         return status
 
 

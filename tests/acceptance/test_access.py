@@ -116,11 +116,15 @@ def test_another_projects_objects_are_not_found_and_listings_are_scoped(
     assert owner.post(f"/runs/{run_id}/predict", json={"inputs": [[1, 1]]}).status_code == 200
     assert owner.post("/predict", json={"model": "m@prod", "inputs": [[1, 1]]}).status_code == 200
 
+    # Comparing one's own run with another project's is a 404 too.
+    other_run_id = _trained_run(other)["id"]
     rows = {"inputs": [[1, 1]]}
     attempts = [
         ("GET", f"/runs/{run_id}", None),
         ("GET", f"/runs/{run_id}/epochs", None),
         ("GET", f"/runs/{run_id}/weights", None),
+        ("GET", f"/runs/{run_id}/events", None),
+        ("GET", f"/runs/compare?ids={run_id},{other_run_id}", None),
         ("POST", f"/runs/{run_id}/cancel", None),
         ("POST", f"/runs/{run_id}/resume", None),
         ("DELETE", f"/runs/{run_id}", None),
@@ -145,14 +149,15 @@ def test_another_projects_objects_are_not_found_and_listings_are_scoped(
     assert borrowed.status_code == 422
     assert borrowed.json()["detail"][0]["msg"] == f"dataset {dataset_id} does not exist"
 
+    assert [item["id"] for item in other.get("/runs").json()["items"]] == [other_run_id]
+    assert other.get("/datasets").json()["items"] == []
     for path in ("/runs", "/datasets"):
-        assert other.get(path).json()["items"] == [], path
         assert [item["id"] for item in owner.get(path).json()["items"]] == [
             run_id if path == "/runs" else dataset_id
         ]
     assert other.get("/models").json() == []
     # Names are per project: the other project may have its own `m`.
-    other_run = _trained_run(other)
+    other_run = other.get(f"/runs/{other_run_id}").json()
     assert other.post("/models", json={"name": "m", "run_id": other_run["id"]}).status_code == 201
     mine = owner.post("/models/m/predict", params={"alias": "prod"}, json=rows).json()
     theirs = other.post("/models/m/predict", json=rows).json()

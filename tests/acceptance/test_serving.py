@@ -16,7 +16,7 @@ from app.main import create_app
 from app.principal import OPEN_ACCESS, Role
 from tests.helpers import D2L_SPEC, ApiServer, LocalWorkers, post_run, wait_for
 
-POLLER_THREADS = {"fitserve-key-watcher", "fitserve-registry-watcher"}
+POLLER_THREADS = {"fitserve-key-watcher", "fitserve-registry-watcher", "fitserve-event-poller"}
 
 
 def _registered(client: httpx.Client, name: str, *true_bs: float) -> list[int]:

@@ -1,0 +1,1 @@
+"""Live run events: Server-Sent Event streams of the status and epoch rows runs commit."""
