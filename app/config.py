@@ -166,6 +166,11 @@ class Settings(BaseSettings):
         description="`json`: one JSON object a line, with run id, attempt, worker and request id.",
     )
     log_level: str = "INFO"
+    metrics: bool = Field(
+        default=True,
+        description="Serve /metrics and time every prediction; false: neither (a baseline for "
+        "the benchmark).",
+    )
 
     limits: Limits = Field(default_factory=Limits)
 

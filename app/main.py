@@ -18,6 +18,9 @@ from app.events.broker import EventBroker
 from app.events.router import router as events_router
 from app.keys.auth import Authenticator
 from app.keys.router import router as keys_router
+from app.metrics.collectors import metrics_registry
+from app.metrics.predict import PredictRecorder
+from app.metrics.router import router as metrics_router
 from app.polling import Poller
 from app.projects.router import router as projects_router
 from app.registry import service as registry_service
@@ -135,8 +138,11 @@ def create_app(
         max_bytes=settings.max_body_bytes,
         path_limits={"/datasets": settings.max_dataset_bytes},
     )
+    recorder = PredictRecorder() if settings.metrics else None
     # Warm predictions never reach routing or the layers added before this one.
-    app.add_middleware(PredictFastPath, serving=app.state.serving, authenticator=authenticator)
+    app.add_middleware(
+        PredictFastPath, serving=app.state.serving, authenticator=authenticator, observer=recorder
+    )
     if settings.cors_origins:
         # Outside the fast path, so its answers carry the CORS headers too.
         app.add_middleware(
@@ -160,4 +166,11 @@ def create_app(
     app.include_router(keys_router)
     app.include_router(projects_router)
     app.include_router(audit_router)
+    if recorder is not None:
+        app.state.metrics_registry = metrics_registry(
+            sessions=database.read_sessions,
+            silent_after_seconds=settings.lease_seconds,
+            recorder=recorder,
+        )
+        app.include_router(metrics_router)
     return app

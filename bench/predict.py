@@ -4,9 +4,11 @@ Usage: .venv/bin/python bench/predict.py [--duration 10] [--connections 16] [--s
                                          [--seed 1] [--no-mlflow]
 
 Trains one 20 -> 64 -> 1 MLP through fitserve (SQLite in a temporary folder), registers it
-as `bench@production`, then serves the same weights five ways, each a single uvicorn process
-pinned to CPU 0: fitserve with auth off and fitserve with auth required (a predict key in
-`Authorization`), each targeted by run id and by name@alias, bench/bare_server.py (FastAPI),
+as `bench@production`, then serves the same weights six ways, each a single uvicorn process
+pinned to CPU 0: fitserve with auth off, fitserve with auth required (a predict key in
+`Authorization`) and fitserve with auth off and its metrics off (FITSERVE_METRICS=false: no
+predict timing, the baseline for what metrics cost), each targeted by run id and by
+name@alias, bench/bare_server.py (FastAPI),
 bench/raw_asgi_server.py (a plain ASGI callable, the ceiling for anything served by uvicorn),
 and `mlflow models serve` from bench/.mlflow-venv unless --no-mlflow. Every target must answer
 the bare server's prediction first. Then each target gets --samples samples (3 or more) in a
@@ -48,6 +50,8 @@ OPEN_BY_ID = "fitserve `POST /predict` by run id, auth off"
 OPEN_BY_NAME = "fitserve `POST /predict` by `bench@production`, auth off"
 KEYED_BY_ID = "fitserve `POST /predict` by run id, auth on (predict key)"
 KEYED_BY_NAME = "fitserve `POST /predict` by `bench@production`, auth on (predict key)"
+UNMETERED_BY_ID = "fitserve `POST /predict` by run id, auth off, metrics off"
+UNMETERED_BY_NAME = "fitserve `POST /predict` by `bench@production`, auth off, metrics off"
 BARE = "bare FastAPI + uvicorn"
 RAW = "raw ASGI + uvicorn (ceiling)"
 MLFLOW = "`mlflow models serve` (mlflow.pytorch)"
@@ -113,7 +117,9 @@ def wait_ready(
     raise RuntimeError(f"{url} not ready after {timeout}s; see {log}")
 
 
-def fitserve_env(database_url: str, port: int, auth: str = "off") -> dict[str, str]:
+def fitserve_env(
+    database_url: str, port: int, auth: str = "off", metrics: bool = True
+) -> dict[str, str]:
     """The environment of a fitserve process on `database_url` listening on `port`."""
     return {
         **os.environ,
@@ -121,6 +127,7 @@ def fitserve_env(database_url: str, port: int, auth: str = "off") -> dict[str, s
         "FITSERVE_PORT": str(port),
         "FITSERVE_DEVICES": "cpu",
         "FITSERVE_AUTH": auth,
+        "FITSERVE_METRICS": str(metrics).lower(),
     }
 
 
@@ -280,9 +287,11 @@ def main() -> None:
     weights_file.write_bytes(weights)
     authorized = {"Authorization": f"Bearer {predict_key(database_url)}"}
 
-    ports = {name: free_port() for name in ("fitserve", "secured", "bare", "raw", "mlflow")}
+    names = ("fitserve", "secured", "unmetered", "bare", "raw", "mlflow")
+    ports = {name: free_port() for name in names}
     fitserve = f"http://127.0.0.1:{ports['fitserve']}"
     secured = f"http://127.0.0.1:{ports['secured']}"
+    unmetered = f"http://127.0.0.1:{ports['unmetered']}"
     bare = f"http://127.0.0.1:{ports['bare']}/predict"
     raw = f"http://127.0.0.1:{ports['raw']}/predict"
     mlflow = f"http://127.0.0.1:{ports['mlflow']}/invocations"
@@ -296,6 +305,8 @@ def main() -> None:
         (RAW, raw, {}, {}),
         (KEYED_BY_ID, f"{secured}/predict", by_id, authorized),
         (KEYED_BY_NAME, f"{secured}/predict", by_name, authorized),
+        (UNMETERED_BY_ID, f"{unmetered}/predict", by_id, {}),
+        (UNMETERED_BY_NAME, f"{unmetered}/predict", by_name, {}),
     ]
     # The comparison servers differ only in their script: each serves the same weights file.
     servers = [
@@ -308,6 +319,11 @@ def main() -> None:
             pinned("0", [str(BIN / "fitserve"), "api"]),
             fitserve_env(database_url, ports["secured"], auth="required"),
             targets[4],
+        ),
+        (
+            pinned("0", [str(BIN / "fitserve"), "api"]),
+            fitserve_env(database_url, ports["unmetered"], metrics=False),
+            targets[6],
         ),
         *(
             (
@@ -431,6 +447,11 @@ def print_table(results: dict[str, list[dict]], header: list[str], note: str | N
         for keyed, open_ in ((KEYED_BY_ID, OPEN_BY_ID), (KEYED_BY_NAME, OPEN_BY_NAME))
     )
     lines.append(f"\nAuth on vs auth off (median requests/s): {auth_cost}")
+    metrics_cost = ", ".join(
+        f"{metered}: {summary[metered]['rps'].median / summary[unmetered]['rps'].median:.2f}x"
+        for metered, unmetered in ((OPEN_BY_ID, UNMETERED_BY_ID), (OPEN_BY_NAME, UNMETERED_BY_NAME))
+    )
+    lines.append(f"\nMetrics on vs metrics off (median requests/s): {metrics_cost}")
     if note:
         lines.append(f"\nMLflow: {note}")
     text = "\n".join(lines)

@@ -5,9 +5,13 @@ framework's routing, request object and exception layers, which on a 20-feature 
 more than the forward pass. Whatever this path cannot answer from memory (a cold model, a
 body that does not validate, a wrong row width, CSV, a streamed or large body) is handed to
 the application unchanged, body included, so every error is the app's own answer.
+
+Every predict answer, from here or from the app, is timed and told to the observer.
 """
 
 import re
+from time import perf_counter
+from typing import Protocol
 
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -18,17 +22,35 @@ from app.serving.cache import LoadedModel
 from app.serving.schemas import PredictInputs, PredictRequest
 from app.serving.service import InputShapeError, Rows, Serving, answer_json, predict
 
-_RUN_PREDICT = re.compile(r"^/runs/(\d+)/predict$")
+# Every predict route, so that the app's answers are timed too; only /predict and
+# /runs/{id}/predict (group 1) are answered here, /models/{name}/predict always by the app.
+_PREDICT = re.compile(r"/(?:predict|runs/(\d+)/predict|models/[^/]+/predict)")
 _JSON_HEADERS = [(b"content-type", b"application/json")]
+
+
+class PredictObserver(Protocol):
+    """Told of every predict answer: which handler gave it, its status and its latency."""
+
+    def observe(self, handler: str, status: int, seconds: float) -> None:
+        """Count one answer of `fast_path` or `app`."""
+        ...
 
 
 class PredictFastPath:
     """ASGI middleware that answers warm predictions from the caches."""
 
-    def __init__(self, app: ASGIApp, *, serving: Serving, authenticator: Authenticates) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        serving: Serving,
+        authenticator: Authenticates,
+        observer: PredictObserver | None = None,
+    ) -> None:
         self.app = app
         self.serving = serving
         self.authenticator = authenticator
+        self.observer = observer
         settings = serving.settings
         # A body over the service's limit goes on to the app, whose body limit refuses it:
         # this path answers first, so it must not answer what the app would refuse.
@@ -38,28 +60,57 @@ class PredictFastPath:
         if scope["type"] != "http" or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
-        small_json, authorization, host, origin = self._read_headers(scope)
         path = scope["path"]
-        run_match = _RUN_PREDICT.match(path)
-        if not small_json or (path != "/predict" and run_match is None):
+        predict_match = _PREDICT.fullmatch(path)
+        if predict_match is None:
             await self.app(scope, receive, send)
+            return
+        started = perf_counter()
+        if path.startswith("/models/"):
+            await self._handed_on(scope, receive, send, started)
+            return
+        small_json, authorization, host, origin = self._read_headers(scope)
+        if not small_json:
+            await self._handed_on(scope, receive, send, started)
             return
         # A request the cache cannot authenticate gets the app's answer (401, 403).
         principal = self.authenticator.cached(authorization, host=host, origin=origin)
         if principal is None:
-            await self.app(scope, receive, send)
+            await self._handed_on(scope, receive, send, started)
             return
         body = await _read_body(receive)
         if body is None:
             return
-        run_id = int(run_match[1]) if run_match is not None else None
+        run_id = int(predict_match[1]) if predict_match[1] is not None else None
         answer = self._answer(body, run_id, principal.project)
         if answer is None:
-            await self.app(scope, _replaying(body, receive), send)
+            await self._handed_on(scope, _replaying(body, receive), send, started)
             return
         headers = [*_JSON_HEADERS, (b"content-length", str(len(answer)).encode())]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": answer})
+        if self.observer is not None:
+            self.observer.observe("fast_path", 200, perf_counter() - started)
+
+    async def _handed_on(self, scope: Scope, receive: Receive, send: Send, started: float) -> None:
+        """The app answers a predict request; its status and latency go to the observer."""
+        observer = self.observer
+        if observer is None:
+            await self.app(scope, receive, send)
+            return
+        # What the server answers when the app raises before starting a response.
+        status = 500
+
+        async def send_noting_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_noting_status)
+        finally:
+            observer.observe("app", status, perf_counter() - started)
 
     def _read_headers(self, scope: Scope) -> tuple[bool, str | None, str | None, str | None]:
         """Whether the body is small JSON of a declared length; Authorization, Host, Origin."""

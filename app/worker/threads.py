@@ -1,5 +1,6 @@
 """Background threads that never die silently."""
 
+import contextvars
 import logging
 import threading
 from collections.abc import Callable
@@ -26,6 +27,8 @@ def supervised(
             else:
                 return
 
-    thread = threading.Thread(target=loop, name=name, daemon=True)
+    # In the caller's context, so its log lines carry the run, attempt and worker ids.
+    context = contextvars.copy_context()
+    thread = threading.Thread(target=context.run, args=(loop,), name=name, daemon=True)
     thread.start()
     return thread

@@ -22,6 +22,7 @@ from app.config import RunFaults, Settings
 from app.database import Database, unit_of_work, utcnow
 from app.datasets.service import load_table
 from app.errors import InvalidInputError
+from app.logs import log_context
 from app.notifications import relay_notifications
 from app.runs import records
 from app.runs.models import FailureKind, RunStatus
@@ -149,7 +150,12 @@ class Worker:
                     self.stop_requested.wait(self.settings.poll_seconds)
                     continue
                 if claim is not None:
-                    self._after(RunExecution(self._context(), claim).run())
+                    with log_context(
+                        run_id=claim.run_id,
+                        attempt=claim.attempt,
+                        worker_id=self.settings.worker_id,
+                    ):
+                        self._after(RunExecution(self._context(), claim).run())
                     continue
                 self._idle.set()
                 self._wake.wait(self.settings.poll_seconds)
