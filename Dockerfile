@@ -15,6 +15,7 @@ WORKDIR /srv/fitserve
 RUN pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX_URL}"
 COPY pyproject.toml README.md alembic.ini ./
 COPY app ./app
+COPY fitserve_client ./fitserve_client
 COPY migrations ./migrations
 RUN pip install . && useradd --create-home --uid 10001 fitserve
 

@@ -1,0 +1,7 @@
+"""`python -m app.cli`: the `fitserve` command."""
+
+import sys
+
+from app.cli.root import main
+
+sys.exit(main())

@@ -1,0 +1,160 @@
+"""Server commands: `serve`, `api`, `worker` and `db`, on the configured database.
+
+Heavy modules (uvicorn, the app factory, the worker pool, Alembic) are imported inside the
+functions that need them.
+"""
+
+import logging
+import signal
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import Annotated, Any
+
+import typer
+
+from app.config import Settings
+
+logger = logging.getLogger("fitserve")
+MIGRATIONS = Path(__file__).resolve().parent.parent.parent / "migrations"
+
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+
+
+def _alembic_config(settings: Settings) -> Any:
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["database_url"] = settings.database_url
+    return config
+
+
+def upgrade_database(settings: Settings, revision: str = "head") -> None:
+    """Apply the Alembic migrations to the configured database."""
+    from alembic import command
+
+    command.upgrade(_alembic_config(settings), revision)
+
+
+def downgrade_database(settings: Settings, revision: str) -> None:
+    """Undo the Alembic migrations down to `revision` (`base`: an empty schema)."""
+    from alembic import command
+
+    command.downgrade(_alembic_config(settings), revision)
+
+
+def configured_settings() -> Settings:
+    """The settings from the environment, with logging configured from them."""
+    from app.logs import configure_logging
+
+    settings = Settings()
+    configure_logging(settings)
+    return settings
+
+
+def run_api(settings: Settings, semaphore: Any = None) -> None:
+    """Serve the HTTP API in this process (no training happens here)."""
+    import uvicorn
+
+    from app.logs import configure_logging
+    from app.main import create_app
+    from app.worker.worker import Wakeup
+
+    configure_logging(settings)
+    wakeup = Wakeup(semaphore) if semaphore is not None else None
+    api = create_app(settings, wakeup=wakeup.notify if wakeup else None)
+    # log_config=None: uvicorn's lines go through fitserve's handler (text or JSON) too.
+    uvicorn.run(
+        api,
+        host=settings.host,
+        port=settings.port,
+        log_level="info",
+        log_config=None,
+        access_log=False,
+    )
+
+
+def _stop_event() -> threading.Event:
+    stop = threading.Event()
+
+    def handle(_signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, handle)
+    return stop
+
+
+def serve(settings: Settings, *, with_api: bool, with_workers: bool) -> int:
+    """Run the API and/or the local worker pool until SIGTERM or SIGINT."""
+    from app.worker.pool import SPAWN, WorkerPool
+
+    stop = _stop_event()
+    semaphore = SPAWN.Semaphore(0) if with_api and with_workers else None
+    pool = WorkerPool(settings, semaphore=semaphore) if with_workers else None
+    api = (
+        SPAWN.Process(target=run_api, args=(settings, semaphore), name="fitserve-api")
+        if with_api
+        else None
+    )
+    if pool is not None:
+        pool.start()
+        logger.info("worker pool on devices %s", ", ".join(pool.devices))
+    if api is not None:
+        api.start()
+        logger.info("API on http://%s:%s (docs at /docs)", settings.host, settings.port)
+    exit_code = 0
+    while not stop.wait(0.5):
+        if api is not None and not api.is_alive():
+            logger.error("API process exited with %s", api.exitcode)
+            exit_code = 1
+            break
+        if pool is not None:
+            pool.replace_dead()
+    if api is not None and api.is_alive():
+        api.terminate()
+    if pool is not None:
+        pool.stop()
+    if api is not None:
+        api.join(settings.shutdown_grace_seconds)
+    return exit_code
+
+
+def serve_command() -> None:
+    """API and local workers (one per device slot)."""
+    raise typer.Exit(serve(configured_settings(), with_api=True, with_workers=True))
+
+
+def api_command() -> None:
+    """The API alone; workers run elsewhere."""
+    raise typer.Exit(serve(configured_settings(), with_api=True, with_workers=False))
+
+
+def worker_command(
+    devices: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated device slots (default: FITSERVE_DEVICES)."),
+    ] = None,
+) -> None:
+    """Workers alone, against the configured database."""
+    settings = configured_settings()
+    if devices:
+        settings = settings.model_copy(update={"devices": Settings(devices=devices).devices})
+    raise typer.Exit(serve(settings, with_api=False, with_workers=True))
+
+
+@db_app.command("upgrade")
+def db_upgrade(
+    revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
+) -> None:
+    """Apply the migrations up to a revision (head by default)."""
+    upgrade_database(configured_settings(), revision)
+
+
+@db_app.command("downgrade")
+def db_downgrade(
+    revision: Annotated[str, typer.Argument(help="Target revision, e.g. 0003 or base.")],
+) -> None:
+    """Undo the migrations down to a revision."""
+    downgrade_database(configured_settings(), revision)
