@@ -8,8 +8,9 @@ TORCH_PIN ?= torch==2.13.*
 
 .PHONY: install run test lint clean
 
-# `make test TESTS=tests/unit` runs one tier; empty runs all but the fuzz tier, which
-# `make test TESTS="tests/fuzz -m fuzz"` runs (CI does, once).
+# `make test TESTS=tests/unit` runs one tier; empty runs all but the fuzz and browser tiers,
+# which `make test TESTS="tests/fuzz -m fuzz"` and `make test TESTS="tests/browser -m browser"`
+# run (CI does, once each; the browser tier needs Debian's chromium).
 TESTS ?=
 
 $(BIN)/.installed: pyproject.toml

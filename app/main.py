@@ -8,6 +8,9 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
+from app.api_docs.router import STATIC_PATH as DOCS_STATIC_PATH
+from app.api_docs.router import router as api_docs_router
+from app.api_docs.router import static_files as docs_static_files
 from app.audit.router import router as audit_router
 from app.body_limit import BodySizeLimitMiddleware
 from app.config import Settings
@@ -36,6 +39,9 @@ from app.serving.router import router as serving_router
 from app.serving.service import Serving
 from app.serving.watcher import RegistryWatcher
 from app.system.router import router as system_router
+from app.ui.router import STATIC_PATH as UI_STATIC_PATH
+from app.ui.router import router as ui_router
+from app.ui.router import static_files as ui_static_files
 
 DESCRIPTION = """
 Upload a CSV, Parquet or JSON dataset to `/datasets` once, or post rows with the run.
@@ -92,7 +98,15 @@ def create_app(
     database = Database.connect(
         settings.database_url, sqlite_busy_timeout=settings.sqlite_busy_timeout_seconds
     )
-    app = FastAPI(title="fitserve", version="0.1.0", description=DESCRIPTION, lifespan=_lifespan)
+    app = FastAPI(
+        title="fitserve",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=_lifespan,
+        # Served by app.api_docs from vendored assets, so they work offline.
+        docs_url=None,
+        redoc_url=None,
+    )
     app.state.settings = settings
     app.state.database = database
     serving = Serving(
@@ -166,6 +180,10 @@ def create_app(
     app.include_router(keys_router)
     app.include_router(projects_router)
     app.include_router(audit_router)
+    app.include_router(api_docs_router)
+    app.mount(DOCS_STATIC_PATH, docs_static_files, name="docs-static")
+    app.include_router(ui_router)
+    app.mount(UI_STATIC_PATH, ui_static_files, name="ui-static")
     if recorder is not None:
         app.state.metrics_registry = metrics_registry(
             sessions=database.read_sessions,

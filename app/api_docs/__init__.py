@@ -1,0 +1,1 @@
+"""Self-hosted interactive API docs: Swagger UI at /docs and ReDoc at /redoc, no CDN."""
