@@ -39,7 +39,10 @@ class RunRead(BaseModel):
     worker_id: str | None
     failure_kind: FailureKind | None
     error: str | None
-    metrics: dict[str, Any] | None = Field(description="The last epoch's losses and metrics.")
+    metrics: dict[str, Any] | None = Field(
+        description="The last epoch's losses and metrics (the best epoch's when early stopping "
+        "restored its weights), with best_epoch and early_stopped_at under early stopping."
+    )
     estimation_error: dict[str, Any] | None = Field(
         description="For synthetic linear data: truth minus learned, for w and b (as d2l prints)."
     )

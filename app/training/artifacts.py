@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import math
 import struct
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +32,8 @@ class Architecture:
     standardize: bool
     classes: list[Label] | None
     feature_names: list[str] | None = None
+    # Absent from files written before targets could be standardized: those predict as before.
+    standardize_target: bool = False
 
     def build(self) -> TabularNet:
         """An untrained module of this architecture."""
@@ -40,6 +43,7 @@ class Architecture:
             model=_MODEL_SPEC.validate_python(self.model),
             task=self.task,
             standardize=self.standardize,
+            standardize_target=self.standardize_target,
         )
 
 
@@ -108,54 +112,136 @@ class CheckpointBlob:
     state: dict[str, Any]
 
 
-def pack_checkpoint(
-    *,
-    module: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    rng: dict[str, torch.Tensor],
-    progress: dict[str, Any],
-) -> CheckpointBlob:
-    """Serialise model, optimizer and RNG state; tensors go to safetensors, the rest to JSON."""
-    tensors = _cpu_tensors(module.state_dict(), "model.")
-    tensors.update(_cpu_tensors(rng, "rng."))
+@dataclass
+class TrainingState:
+    """What a checkpoint holds besides the module and optimizer, which are restored in place."""
+
+    rng: dict[str, torch.Tensor]
+    progress: dict[str, Any]
+    scheduler: dict[str, Any] | None = None
+    early_stopping: dict[str, Any] | None = None
+    best: dict[str, torch.Tensor] | None = None
+
+
+def _json_safe(value: Any) -> Any:
+    """`value` with non-finite floats spelled out: PostgreSQL's JSON refuses Infinity and NaN."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return {"float": repr(value)}
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(item) for item in value]
+    return value
+
+
+def _from_json(value: Any) -> Any:
+    """The inverse of `_json_safe`."""
+    if isinstance(value, dict):
+        if value.keys() == {"float"}:
+            return float(value["float"])
+        return {key: _from_json(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_from_json(item) for item in value]
+    return value
+
+
+def _pack_optimizer(
+    optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]
+) -> dict[str, Any]:
+    """The optimizer's state as JSON, its tensors added to `tensors`."""
     optimizer_state = optimizer.state_dict()
     scalars: dict[str, dict[str, Any]] = {}
+    # LBFGS keeps its curvature history as lists of tensors (and Nones).
+    lists: dict[str, dict[str, list[Any]]] = {}
     for param_id, values in optimizer_state["state"].items():
         for name, value in values.items():
             if isinstance(value, torch.Tensor):
                 tensors[f"optimizer.{param_id}.{name}"] = value.detach().to("cpu").contiguous()
+            elif isinstance(value, list):
+                slots: list[Any] = []
+                for index, item in enumerate(value):
+                    if isinstance(item, torch.Tensor):
+                        key = f"optimizer_list.{param_id}.{name}.{index}"
+                        tensors[key] = item.detach().to("cpu").contiguous()
+                        slots.append({"tensor": key})
+                    else:
+                        slots.append(item)
+                lists.setdefault(str(param_id), {})[name] = slots
             else:
                 scalars.setdefault(str(param_id), {})[name] = value
-    state = {
-        "progress": progress,
-        "optimizer": {
+    return _json_safe(
+        {
             "param_groups": optimizer_state["param_groups"],
             "scalars": scalars,
+            "lists": lists,
             "params": sorted(optimizer_state["state"]),
-        },
-    }
+        }
+    )
+
+
+def _unpack_optimizer(
+    optimizer: torch.optim.Optimizer, saved: dict[str, Any], tensors: dict[str, torch.Tensor]
+) -> None:
+    saved = _from_json(saved)
+    per_param: dict[int, dict[str, Any]] = {int(p): {} for p in saved["params"]}
+    for param_id, values in saved["scalars"].items():
+        per_param[int(param_id)].update(values)
+    for param_id, values in saved.get("lists", {}).items():
+        for name, slots in values.items():
+            per_param[int(param_id)][name] = [
+                tensors[slot["tensor"]] if isinstance(slot, dict) else slot for slot in slots
+            ]
+    for name, tensor in tensors.items():
+        if name.startswith("optimizer."):
+            _, param_id, field = name.split(".", 2)
+            per_param[int(param_id)][field] = tensor
+    optimizer.load_state_dict({"state": per_param, "param_groups": saved["param_groups"]})
+
+
+def pack_checkpoint(
+    *,
+    module: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    training: TrainingState,
+) -> CheckpointBlob:
+    """Serialise module, optimizer and training state: tensors to safetensors, the rest JSON."""
+    tensors = _cpu_tensors(module.state_dict(), "model.")
+    tensors.update(_cpu_tensors(training.rng, "rng."))
+    tensors.update(_cpu_tensors(training.best or {}, "best."))
+    state: dict[str, Any] = {"progress": training.progress}
+    if optimizer is not None:
+        state["optimizer"] = _pack_optimizer(optimizer, tensors)
+    if training.scheduler is not None:
+        state["scheduler"] = _json_safe(training.scheduler)
+    if training.early_stopping is not None:
+        state["early_stopping"] = _json_safe(training.early_stopping)
     return CheckpointBlob(tensors=save_tensors(tensors), state=state)
+
+
+def _prefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {
+        name.removeprefix(prefix): tensor
+        for name, tensor in tensors.items()
+        if name.startswith(prefix)
+    }
 
 
 def unpack_checkpoint(
     blob: CheckpointBlob,
     *,
     module: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Restore model and optimizer in place; returns the RNG tensors and the progress."""
+    optimizer: torch.optim.Optimizer | None,
+) -> TrainingState:
+    """Restore model and optimizer in place; returns the rest of the training state."""
     tensors = load_tensors(blob.tensors)
-    module.load_state_dict(
-        {name.removeprefix("model."): t for name, t in tensors.items() if name.startswith("model.")}
+    module.load_state_dict(_prefixed(tensors, "model."))
+    if optimizer is not None:
+        _unpack_optimizer(optimizer, blob.state["optimizer"], tensors)
+    scheduler, early_stopping = blob.state.get("scheduler"), blob.state.get("early_stopping")
+    return TrainingState(
+        rng=_prefixed(tensors, "rng."),
+        progress=blob.state["progress"],
+        scheduler=None if scheduler is None else _from_json(scheduler),
+        early_stopping=None if early_stopping is None else _from_json(early_stopping),
+        best=_prefixed(tensors, "best.") or None,
     )
-    saved = blob.state["optimizer"]
-    per_param: dict[int, dict[str, Any]] = {int(p): {} for p in saved["params"]}
-    for param_id, values in saved["scalars"].items():
-        per_param[int(param_id)].update(values)
-    for name, tensor in tensors.items():
-        if name.startswith("optimizer."):
-            _, param_id, field = name.split(".", 2)
-            per_param[int(param_id)][field] = tensor
-    optimizer.load_state_dict({"state": per_param, "param_groups": saved["param_groups"]})
-    rng = {name.removeprefix("rng."): t for name, t in tensors.items() if name.startswith("rng.")}
-    return rng, blob.state["progress"]

@@ -130,3 +130,8 @@ def feature_statistics(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     mean = features.mean(dim=0)
     std = features.std(dim=0, unbiased=False) if features.shape[0] > 1 else torch.ones_like(mean)
     return mean, torch.where(std > 0, std, torch.ones_like(std))
+
+
+def target_statistics(targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and standard deviation of regression targets, each of shape (1,); constant: std 1."""
+    return feature_statistics(targets.reshape(-1, 1))

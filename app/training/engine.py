@@ -2,18 +2,43 @@
 
 import math
 import time
-from dataclasses import dataclass
-from typing import Literal, Protocol
+from dataclasses import asdict, dataclass
+from typing import Any, Literal, Protocol
 
 import torch
+from torch import nn
 
 from app.errors import InvalidInputError
-from app.training.artifacts import Architecture, CheckpointBlob, pack_checkpoint, unpack_checkpoint
-from app.training.data import Table, feature_statistics, materialize, split_rows
-from app.training.modules import make_loss, make_optimizer
-from app.training.spec import RunRequest, RunSpec, resolve_spec
+from app.training.artifacts import (
+    Architecture,
+    CheckpointBlob,
+    TrainingState,
+    pack_checkpoint,
+    unpack_checkpoint,
+)
+from app.training.data import (
+    Table,
+    feature_statistics,
+    materialize,
+    split_rows,
+    target_statistics,
+)
+from app.training.modules import TabularNet, make_loss, make_optimizer, make_scheduler
+from app.training.spec import (
+    ClosedFormOptimizer,
+    LBFGSOptimizer,
+    OneCycleSchedule,
+    PlateauSchedule,
+    RunRequest,
+    RunSpec,
+    metric_mode,
+    resolve_spec,
+)
 
 EVAL_CHUNK_ROWS = 65_536
+# Below this ratio of smallest to largest pivot (squared) the normal equations are taken as
+# singular: with float32 data the smaller directions are rounding noise, not signal.
+SINGULAR_RATIO = 1e-10
 
 
 @dataclass(frozen=True)
@@ -41,12 +66,19 @@ class EpochReport:
 
 @dataclass(frozen=True)
 class Outcome:
-    """How training ended: all epochs done, stopped from outside, or a failure."""
+    """How training ended: all epochs done (or stopped early), stopped from outside, a failure.
+
+    `last_report` describes the weights the trainer ends with: the best epoch's when early
+    stopping restored them. `best_epoch` is set with early stopping, `stopped_early_at` when
+    it ended the run before its last epoch.
+    """
 
     status: Literal["completed", "interrupted", "diverged", "timeout"]
     epoch: int
     message: str | None = None
     last_report: EpochReport | None = None
+    stopped_early_at: int | None = None
+    best_epoch: int | None = None
 
 
 class TrainingHooks(Protocol):
@@ -71,10 +103,32 @@ class _Progress:
     batch: int = 0
     elapsed: float = 0.0
     epoch_seconds: float = 0.0
+    # The learning rate at the current (or last) epoch's first step, reported as `lr`.
+    lr: float | None = None
+
+
+@dataclass
+class _EarlyStopping:
+    """Where early stopping stands; JSON-ready, so it travels in checkpoints."""
+
+    best: float | None = None
+    best_epoch: int | None = None
+    best_report: dict[str, Any] | None = None
+    bad_epochs: int = 0
+    stopped: bool = False
 
 
 def _seeded_generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
+
+
+def _watches_validation(spec: RunSpec) -> bool:
+    """Whether early stopping or a plateau schedule watches a validation metric."""
+    watched = [
+        spec.early_stopping,
+        spec.scheduler if isinstance(spec.scheduler, PlateauSchedule) else None,
+    ]
+    return any(options.metric.startswith("val_") for options in watched if options is not None)
 
 
 class Trainer:
@@ -89,6 +143,11 @@ class Trainer:
             raise InvalidInputError(
                 "validation_split leaves no training rows", loc=("body", "validation_split")
             )
+        if len(split.validation) == 0 and _watches_validation(spec):
+            raise InvalidInputError(
+                "validation_split leaves no validation rows to watch",
+                loc=("body", "validation_split"),
+            )
         self.architecture = Architecture(
             task=spec.task,
             n_features=table.n_features,
@@ -97,23 +156,54 @@ class Trainer:
             standardize=spec.standardize,
             classes=table.classes,
             feature_names=table.feature_names,
+            standardize_target=spec.scales_target,
         )
         torch.manual_seed(spec.seed)
         self.module = self.architecture.build()
+        if len(split.validation):
+            train_x, train_y = table.features[split.train], table.targets[split.train]
+        else:
+            # Every row trains: no copy of what may be a large table.
+            train_x, train_y = table.features, table.targets
         if spec.standardize:
-            mean, std = feature_statistics(table.features[split.train])
+            mean, std = feature_statistics(train_x)
             self.module.input_mean.copy_(mean)
             self.module.input_std.copy_(std)
+        if spec.scales_target:
+            mean, std = target_statistics(train_y)
+            self.module.target_mean.copy_(mean)
+            self.module.target_std.copy_(std)
         self.module.to(device)
-        self.train_x = table.features[split.train].to(device)
-        self.train_y = table.targets[split.train].to(device)
+        self.train_x = train_x.to(device)
+        self.train_y = train_y.to(device)
         self.val_x = table.features[split.validation].to(device)
         self.val_y = table.targets[split.validation].to(device)
+        # What the network is fitted to: targets in the units `scaled_forward` answers in.
+        self.fit_y = (
+            (self.train_y - self.module.target_mean) / self.module.target_std
+            if spec.scales_target
+            else self.train_y
+        )
         self.loss_fn = make_loss(spec.loss)
         self.optimizer = make_optimizer(spec.optimizer, self.module.parameters())
+        self.full_batch = isinstance(spec.optimizer, LBFGSOptimizer | ClosedFormOptimizer)
+        n_rows = self.train_x.shape[0]
+        self.batches_per_epoch = 1 if self.full_batch else math.ceil(n_rows / spec.batch_size)
+        self.scheduler = (
+            make_scheduler(
+                spec.scheduler,
+                self.optimizer,
+                epochs=spec.epochs,
+                batches_per_epoch=self.batches_per_epoch,
+            )
+            if spec.scheduler is not None and self.optimizer is not None
+            else None
+        )
         self.shuffle_generator = _seeded_generator(spec.seed)
         self._epoch_shuffle_state = self.shuffle_generator.get_state()
         self._progress = _Progress()
+        self._early = _EarlyStopping()
+        self._best_state: dict[str, torch.Tensor] | None = None
 
     @property
     def epochs_done(self) -> int:
@@ -125,50 +215,61 @@ class Trainer:
         rng = {"cpu": torch.get_rng_state(), "shuffle": self._epoch_shuffle_state}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
-        progress = self._progress
         return pack_checkpoint(
             module=self.module,
             optimizer=self.optimizer,
-            rng=rng,
-            progress={
-                "epoch": progress.epoch,
-                "batch": progress.batch,
-                "elapsed": progress.elapsed,
-                "epoch_seconds": progress.epoch_seconds,
-            },
+            training=TrainingState(
+                rng=rng,
+                progress=asdict(self._progress),
+                scheduler=None if self.scheduler is None else self.scheduler.state_dict(),
+                early_stopping=None if self.spec.early_stopping is None else asdict(self._early),
+                best=self._best_state,
+            ),
         )
 
     def restore(self, blob: CheckpointBlob) -> None:
         """Continue from a checkpoint taken by a trainer of the same spec."""
-        rng, progress = unpack_checkpoint(blob, module=self.module, optimizer=self.optimizer)
-        torch.set_rng_state(rng["cpu"])
-        if self.device.type == "cuda" and "cuda" in rng:
-            torch.cuda.set_rng_state(rng["cuda"], self.device)
-        self._epoch_shuffle_state = rng["shuffle"]
-        self._progress = _Progress(
-            epoch=progress["epoch"],
-            batch=progress["batch"],
-            elapsed=progress["elapsed"],
-            epoch_seconds=progress["epoch_seconds"],
-        )
+        state = unpack_checkpoint(blob, module=self.module, optimizer=self.optimizer)
+        torch.set_rng_state(state.rng["cpu"])
+        if self.device.type == "cuda" and "cuda" in state.rng:
+            torch.cuda.set_rng_state(state.rng["cuda"], self.device)
+        self._epoch_shuffle_state = state.rng["shuffle"]
+        self._progress = _Progress(**state.progress)
+        if self.scheduler is not None and state.scheduler is not None:
+            self.scheduler.load_state_dict(state.scheduler)
+            if isinstance(self.scheduler, torch.optim.lr_scheduler.OneCycleLR):
+                steps = self.spec.epochs * self.batches_per_epoch
+                if self.scheduler.total_steps != steps:
+                    # Its phases were laid out over the run's first length; past their end
+                    # torch's cosine would climb again.
+                    raise InvalidInputError(
+                        "a onecycle schedule cannot change length: resume with the run's epochs",
+                        loc=("body", "epochs"),
+                    )
+        if state.early_stopping is not None:
+            self._early = _EarlyStopping(**state.early_stopping)
+        if state.best is not None:
+            self._best_state = {name: t.to(self.device) for name, t in state.best.items()}
 
     def run(self, hooks: TrainingHooks) -> Outcome:
-        """Train until all epochs are done, the hooks interrupt, or training fails."""
+        """Train until the epochs are done, early stopping ends them, or hooks or failure stop."""
         spec, progress = self.spec, self._progress
         n_rows = self.train_x.shape[0]
-        n_batches = math.ceil(n_rows / spec.batch_size)
+        n_batches = self.batches_per_epoch
         attempt_start = time.perf_counter()
         elapsed_before = progress.elapsed
         report: EpochReport | None = None
-        while progress.epoch < spec.epochs:
+        while progress.epoch < spec.epochs and not self._early.stopped:
             epoch = progress.epoch + 1
             epoch_start = time.perf_counter() - progress.epoch_seconds
-            self.shuffle_generator.set_state(self._epoch_shuffle_state)
-            order = (
-                torch.randperm(n_rows, generator=self.shuffle_generator).to(self.device)
-                if spec.shuffle
-                else torch.arange(n_rows, device=self.device)
-            )
+            order = None
+            if not self.full_batch:
+                self.shuffle_generator.set_state(self._epoch_shuffle_state)
+                order = (
+                    torch.randperm(n_rows, generator=self.shuffle_generator).to(self.device)
+                    if spec.shuffle
+                    else torch.arange(n_rows, device=self.device)
+                )
             self.module.train()
             for batch in range(progress.batch, n_batches):
                 now = time.perf_counter()
@@ -186,11 +287,9 @@ class Trainer:
                         last_report=report,
                     )
                 hooks.before_batch(epoch, batch, n_batches)
-                index = order[batch * spec.batch_size : (batch + 1) * spec.batch_size]
-                self.optimizer.zero_grad(set_to_none=True)
-                loss = self.loss_fn(self.module(self.train_x[index]), self.train_y[index])
-                loss.backward()
-                self.optimizer.step()
+                if batch == 0 and self.optimizer is not None:
+                    progress.lr = float(self.optimizer.param_groups[0]["lr"])
+                self._step(order, batch)
             report = self._evaluate(epoch, seconds=time.perf_counter() - epoch_start)
             progress.epoch, progress.batch, progress.epoch_seconds = epoch, 0, 0.0
             progress.elapsed = elapsed_before + (time.perf_counter() - attempt_start)
@@ -203,8 +302,167 @@ class Trainer:
                     message=f"{non_finite} became {report.value(non_finite)} at epoch {epoch}",
                     last_report=report,
                 )
+            # Both before the hooks, so the checkpoint they may take holds their new state.
+            self._watch(report)
+            self._schedule_epoch(report)
             hooks.epoch_finished(report, self)
-        return Outcome("completed", epoch=progress.epoch, last_report=report)
+        return self._finish(report)
+
+    def _step(self, order: torch.Tensor | None, batch: int) -> None:
+        """One optimizer step: a minibatch, the full batch (LBFGS), or the direct solve."""
+        spec = self.spec
+        if isinstance(spec.optimizer, ClosedFormOptimizer):
+            self._solve_least_squares(spec.optimizer.l2)
+            return
+        assert self.optimizer is not None
+        if order is None:
+            self.optimizer.step(self._full_batch_loss)
+        else:
+            index = order[batch * spec.batch_size : (batch + 1) * spec.batch_size]
+            self.optimizer.zero_grad(set_to_none=True)
+            loss = self.loss_fn(self.module.scaled_forward(self.train_x[index]), self.fit_y[index])
+            loss.backward()
+            if spec.grad_clip_norm is not None:
+                nn.utils.clip_grad_norm_(self.module.parameters(), spec.grad_clip_norm)
+            self.optimizer.step()
+        if isinstance(spec.scheduler, OneCycleSchedule):
+            assert self.scheduler is not None
+            self.scheduler.step()
+
+    def _full_batch_loss(self) -> torch.Tensor:
+        """LBFGS's closure: the mean loss over all training rows, gradients summed by chunk."""
+        assert self.optimizer is not None
+        self.optimizer.zero_grad(set_to_none=True)
+        n_rows = self.train_x.shape[0]
+        total = torch.zeros((), device=self.device)
+        for features, targets in zip(
+            torch.split(self.train_x, EVAL_CHUNK_ROWS),
+            torch.split(self.fit_y, EVAL_CHUNK_ROWS),
+            strict=True,
+        ):
+            # Every loss here is a mean over rows, so chunk means weighted by size add up.
+            loss = self.loss_fn(self.module.scaled_forward(features), targets)
+            loss = loss * (features.shape[0] / n_rows)
+            loss.backward()
+            total += loss.detach()
+        return total
+
+    @torch.no_grad()
+    def _solve_least_squares(self, l2: float) -> None:
+        """Set the linear layer to the (ridge) least-squares solution, in float64.
+
+        The normal equations of [x, y] are accumulated over row chunks (memory O(d^2)),
+        centred, scaled to unit diagonal and solved by Cholesky; the bias is the unpenalised
+        intercept. The fit is of the raw features and mapped onto the module's standardization
+        afterwards; l2 penalises the weights the module holds (standardized ones, if so).
+        """
+        module = self.module
+        float64 = torch.float64
+        n_rows, n_features = self.train_x.shape
+        # Rows are shifted by the first chunk's means before the products, so that a large
+        # mean does not cancel catastrophically when the sums are centred.
+        head_x, head_y = self.train_x[:EVAL_CHUNK_ROWS], self.train_y[:EVAL_CHUNK_ROWS]
+        shift_x, shift_y = head_x.mean(dim=0).to(float64), head_y.mean().to(float64)
+        # One product of [x - shift, y - shift, 1] per chunk gives every sum the solve needs:
+        # the cross products, the column sums (last row) and the count.
+        width = n_features + 2
+        buffer = torch.empty(
+            (min(n_rows, EVAL_CHUNK_ROWS), width), dtype=float64, device=self.device
+        )
+        buffer[:, -1] = 1.0
+        gram = torch.zeros((width, width), dtype=float64, device=self.device)
+        for x, y in zip(
+            torch.split(self.train_x, EVAL_CHUNK_ROWS),
+            torch.split(self.train_y, EVAL_CHUNK_ROWS),
+            strict=True,
+        ):
+            block = buffer[: x.shape[0]]
+            torch.sub(x, shift_x, out=block[:, :n_features])
+            torch.sub(y, shift_y, out=block[:, n_features])
+            gram.addmm_(block.T, block)
+        mean = gram[-1, :-1] / n_rows
+        gram = gram[:-1, :-1] - n_rows * torch.outer(mean, mean)
+        mean += torch.cat([shift_x, shift_y.unsqueeze(0)])
+        xx, xy = gram[:n_features, :n_features], gram[:n_features, n_features]
+        penalty = torch.full((n_features,), l2, dtype=float64, device=self.device)
+        if module.standardize:
+            penalty *= module.input_std.to(float64) ** 2
+        scale = xx.diagonal().sqrt()
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        system = xx / torch.outer(scale, scale)
+        system.diagonal().add_(penalty / scale**2)
+        rhs = xy / scale
+        factor, info = torch.linalg.cholesky_ex(system)
+        pivots = factor.diagonal() ** 2
+        if int(info) == 0 and pivots.min() > SINGULAR_RATIO * pivots.max():
+            solution = torch.cholesky_solve(rhs.unsqueeze(1), factor).squeeze(1)
+        else:
+            # Collinear features: the minimum-norm solution of the scaled system.
+            solution = torch.linalg.pinv(system, rtol=SINGULAR_RATIO, hermitian=True) @ rhs
+        weight = solution / scale
+        bias = mean[n_features] - mean[:n_features] @ weight
+        if module.standardize:
+            bias = bias + module.input_mean.to(float64) @ weight
+            weight = weight * module.input_std.to(float64)
+        if module.standardize_target:
+            std = module.target_std.to(float64)
+            weight, bias = weight / std, (bias - module.target_mean.to(float64)) / std
+        layer = module.net[0]
+        layer.weight.copy_(weight.reshape(layer.weight.shape))
+        layer.bias.copy_(bias.reshape(layer.bias.shape))
+
+    def _watch(self, report: EpochReport) -> None:
+        """Early stopping: remember the best epoch (and its weights); stop when patience ends."""
+        options = self.spec.early_stopping
+        if options is None:
+            return
+        value = report.value(options.metric)
+        assert value is not None  # the spec asks for validation rows to watch val_ metrics
+        state = self._early
+        if metric_mode(options.metric, options.mode) == "min":
+            improved = state.best is None or value < state.best - options.min_delta
+        else:
+            improved = state.best is None or value > state.best + options.min_delta
+        if improved:
+            state.best, state.best_epoch, state.bad_epochs = value, report.epoch, 0
+            state.best_report = asdict(report)
+            if options.restore_best:
+                self._best_state = {
+                    name: tensor.detach().clone()
+                    for name, tensor in self.module.state_dict().items()
+                }
+        else:
+            state.bad_epochs += 1
+            state.stopped = state.bad_epochs >= options.patience
+
+    def _schedule_epoch(self, report: EpochReport) -> None:
+        """Step an epoch-wise schedule (one-cycle steps every batch instead)."""
+        if self.scheduler is None or isinstance(self.spec.scheduler, OneCycleSchedule):
+            return
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            assert isinstance(self.spec.scheduler, PlateauSchedule)
+            self.scheduler.step(report.value(self.spec.scheduler.metric))
+        else:
+            self.scheduler.step()
+
+    def _finish(self, report: EpochReport | None) -> Outcome:
+        """The outcome of a run whose epochs are done or that early stopping ended."""
+        progress, options, early = self._progress, self.spec.early_stopping, self._early
+        if options is not None and options.restore_best and self._best_state is not None:
+            self.module.load_state_dict(self._best_state)
+            report = None if early.best_report is None else EpochReport(**early.best_report)
+        if report is None and progress.epoch > 0:
+            # Resumed from the last epoch's checkpoint: report what that epoch left.
+            report = self._evaluate(progress.epoch, seconds=0.0)
+        if options is None:
+            return Outcome("completed", epoch=progress.epoch, last_report=report)
+        return Outcome(
+            "completed",
+            epoch=progress.epoch,
+            last_report=report,
+            stopped_early_at=progress.epoch if early.stopped else None,
+            best_epoch=early.best_epoch,
+        )
 
     @torch.no_grad()
     def _evaluate(self, epoch: int, *, seconds: float) -> EpochReport:
@@ -215,6 +473,8 @@ class Trainer:
         if len(self.val_x):
             val_loss, val_metrics = self._score(self.val_x, self.val_y)
             metrics.update({f"val_{name}": value for name, value in val_metrics.items()})
+        if self._progress.lr is not None:
+            metrics["lr"] = self._progress.lr
         return EpochReport(epoch, train_loss, val_loss, metrics, seconds)
 
     def _score(
@@ -235,19 +495,26 @@ class Trainer:
         return values[0], {"rmse": values[1], "r2": values[2]}
 
 
+def linear_coefficients(module: TabularNet) -> tuple[torch.Tensor, float]:
+    """A linear regression's weights and bias on the original features and targets, in float64."""
+    layer = module.net[0]
+    w = layer.weight.detach().to("cpu", torch.float64).reshape(-1)
+    b = float(layer.bias.detach().to("cpu", torch.float64).item())
+    if module.standardize_target:
+        std = float(module.target_std.to("cpu", torch.float64).item())
+        w, b = w * std, b * std + float(module.target_mean.to("cpu", torch.float64).item())
+    if module.standardize:
+        w = w / module.input_std.to("cpu", torch.float64)
+        b = b - float((w * module.input_mean.to("cpu", torch.float64)).sum())
+    return w, b
+
+
 def estimation_error(trainer: Trainer) -> dict[str, list[float] | float] | None:
     """d2l's "error in estimating w and b": truth minus learned, in the original feature scale."""
     truth = trainer.table.truth
     if truth is None or trainer.spec.model.type != "linear":
         return None
-    layer = trainer.module.net[0]
-    w = layer.weight.detach().to("cpu", torch.float64).reshape(-1)
-    b = float(layer.bias.detach().to("cpu", torch.float64).item())
-    if trainer.spec.standardize:
-        mean = trainer.module.input_mean.to("cpu", torch.float64)
-        std = trainer.module.input_std.to("cpu", torch.float64)
-        w = w / std
-        b = b - float((w * mean).sum())
+    w, b = linear_coefficients(trainer.module)
     return {
         "w": [t - learned for t, learned in zip(truth.w, w.tolist(), strict=True)],
         "b": truth.b - b,

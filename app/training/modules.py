@@ -9,13 +9,21 @@ from torch import nn
 from app.training.spec import (
     AdamOptimizer,
     AdamWOptimizer,
+    ClosedFormOptimizer,
+    CosineSchedule,
+    LBFGSOptimizer,
     LinearModel,
     LossName,
     MLPModel,
     ModelSpec,
+    OneCycleSchedule,
     OptimizerSpec,
+    PlateauSchedule,
+    SchedulerSpec,
     SGDOptimizer,
+    StepSchedule,
     Task,
+    metric_mode,
 )
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
@@ -27,25 +35,47 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
 
 
 class TabularNet(nn.Module):
-    """`net` is the d2l-style Sequential; optional buffers standardise inputs inside the module."""
+    """`net` is the d2l-style Sequential; optional buffers standardise inputs inside the module.
+
+    With `standardize_target` the network fits standardized targets and `forward` maps its
+    output back to the original units, so a weights file predicts in the units it was given.
+    """
 
     def __init__(
-        self, *, n_features: int, n_outputs: int, model: ModelSpec, task: Task, standardize: bool
+        self,
+        *,
+        n_features: int,
+        n_outputs: int,
+        model: ModelSpec,
+        task: Task,
+        standardize: bool,
+        standardize_target: bool = False,
     ) -> None:
         super().__init__()
         self.squeeze_output = task == "regression"
         self.standardize = standardize
+        self.standardize_target = standardize_target
         if standardize:
             self.register_buffer("input_mean", torch.zeros(n_features))
             self.register_buffer("input_std", torch.ones(n_features))
+        if standardize_target:
+            self.register_buffer("target_mean", torch.zeros(1))
+            self.register_buffer("target_std", torch.ones(1))
         self.net = nn.Sequential(*_layers(n_features, n_outputs, model))
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        """Predictions: values for regression, logits for classification."""
+    def scaled_forward(self, features: torch.Tensor) -> torch.Tensor:
+        """The network's output in the units it is trained in (standardized targets, if so)."""
         if self.standardize:
             features = (features - self.input_mean) / self.input_std
         output = self.net(features)
         return output.squeeze(-1) if self.squeeze_output else output
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """Predictions: values in the target's units for regression, logits for classification."""
+        output = self.scaled_forward(features)
+        if self.standardize_target:
+            output = output * self.target_std + self.target_mean
+        return output
 
 
 def _layers(n_features: int, n_outputs: int, model: ModelSpec) -> Iterable[nn.Module]:
@@ -80,9 +110,19 @@ def make_loss(name: LossName) -> nn.Module:
 
 def make_optimizer(
     spec: OptimizerSpec, parameters: Iterable[nn.Parameter]
-) -> torch.optim.Optimizer:
-    """The optimizer the spec names, over the given parameters."""
+) -> torch.optim.Optimizer | None:
+    """The optimizer the spec names, over the given parameters; None for a direct solve."""
     match spec:
+        case ClosedFormOptimizer():
+            return None
+        case LBFGSOptimizer():
+            return torch.optim.LBFGS(
+                parameters,
+                lr=spec.lr,
+                max_iter=spec.max_iter,
+                history_size=spec.history_size,
+                line_search_fn=spec.line_search,
+            )
         case SGDOptimizer():
             return torch.optim.SGD(
                 parameters,
@@ -101,3 +141,35 @@ def make_optimizer(
                 weight_decay=spec.weight_decay,
             )
     raise ValueError(f"unknown optimizer {spec.type}")
+
+
+def make_scheduler(
+    spec: SchedulerSpec, optimizer: torch.optim.Optimizer, *, epochs: int, batches_per_epoch: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """The learning-rate scheduler the spec names, for a run of `epochs` epochs."""
+    lr_scheduler = torch.optim.lr_scheduler
+    match spec:
+        case StepSchedule():
+            return lr_scheduler.StepLR(optimizer, step_size=spec.step_size, gamma=spec.gamma)
+        case CosineSchedule():
+            return lr_scheduler.CosineAnnealingLR(
+                optimizer, T_max=spec.t_max or epochs, eta_min=spec.eta_min
+            )
+        case OneCycleSchedule():
+            return lr_scheduler.OneCycleLR(
+                optimizer,
+                max_lr=spec.max_lr,
+                total_steps=epochs * batches_per_epoch,
+                pct_start=spec.pct_start,
+                # Cycling would switch on momentum an SGD spec left at 0, and LBFGS has none.
+                cycle_momentum=False,
+            )
+        case PlateauSchedule():
+            return lr_scheduler.ReduceLROnPlateau(
+                optimizer,
+                mode=metric_mode(spec.metric, spec.mode),
+                factor=spec.factor,
+                patience=spec.patience,
+                min_lr=spec.min_lr,
+            )
+    raise ValueError(f"unknown scheduler {spec.type}")

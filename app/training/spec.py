@@ -156,8 +156,121 @@ class AdamWOptimizer(_AdamFamily):
     weight_decay: FiniteFloat = Field(0.01, ge=0, description="Decoupled weight decay.")
 
 
+class LBFGSOptimizer(StrictModel):
+    """torch.optim.LBFGS on all training rows at once: one step of max_iter iterations an epoch."""
+
+    type: Literal["lbfgs"] = "lbfgs"
+    lr: FiniteFloat = Field(1.0, gt=0, description="Step length (scaled by the line search).")
+    max_iter: int = Field(20, ge=1, le=10_000, description="Iterations per epoch.")
+    history_size: int = Field(100, ge=1, le=1_000, description="Curvature pairs remembered.")
+    line_search: Literal["strong_wolfe"] | None = Field(
+        "strong_wolfe", description="strong_wolfe, or null for fixed steps of lr."
+    )
+
+
+class ClosedFormOptimizer(StrictModel):
+    """Least squares (ridge when l2 > 0) solved directly: linear models with MSE only."""
+
+    type: Literal["closed_form"] = "closed_form"
+    l2: FiniteFloat = Field(
+        0.0,
+        ge=0,
+        description="Ridge penalty on the weights, not the bias: minimises the sum of squared "
+        "errors + l2 * |w|^2, w as the model holds it (on standardized features with "
+        "standardize).",
+    )
+
+
 OptimizerSpec = Annotated[
-    SGDOptimizer | AdamOptimizer | AdamWOptimizer, Field(discriminator="type")
+    SGDOptimizer | AdamOptimizer | AdamWOptimizer | LBFGSOptimizer | ClosedFormOptimizer,
+    Field(discriminator="type"),
+]
+
+MetricName = Annotated[
+    str,
+    Field(
+        pattern=r"^(train|val)_(loss|rmse|r2|accuracy)$",
+        description="train_ or val_ followed by loss, rmse, r2 (regression) or accuracy "
+        "(classification).",
+    ),
+]
+# Metrics where larger is better; every other one is minimised.
+MAXIMISED_METRICS = ("r2", "accuracy")
+TASK_METRICS: dict[str, tuple[str, ...]] = {
+    "regression": ("loss", "rmse", "r2"),
+    "classification": ("loss", "accuracy"),
+}
+
+
+def metric_mode(metric: str, mode: Literal["min", "max"] | None = None) -> Literal["min", "max"]:
+    """Whether a metric improves downwards or upwards: the explicit mode, else by its name."""
+    if mode is not None:
+        return mode
+    return "max" if metric.split("_", 1)[1] in MAXIMISED_METRICS else "min"
+
+
+class EarlyStopping(StrictModel):
+    """Stop once a metric has not improved for `patience` epochs."""
+
+    metric: MetricName = Field("val_loss", description="The metric watched.")
+    mode: Literal["min", "max"] | None = Field(
+        None, description="min or max; by default max for r2 and accuracy, min otherwise."
+    )
+    patience: int = Field(5, ge=1, description="Epochs without improvement before stopping.")
+    min_delta: FiniteFloat = Field(
+        0.0, ge=0, description="The least change that counts as an improvement."
+    )
+    restore_best: bool = Field(
+        True, description="End with the weights of the best epoch rather than the last."
+    )
+
+
+class StepSchedule(StrictModel):
+    """Multiply the learning rate by gamma every step_size epochs (StepLR)."""
+
+    type: Literal["step"] = "step"
+    step_size: int = Field(ge=1, description="Epochs between decays.")
+    gamma: FiniteFloat = Field(0.1, gt=0, le=1, description="Decay factor.")
+
+
+class CosineSchedule(StrictModel):
+    """Cosine annealing from the optimizer's lr to eta_min over t_max epochs."""
+
+    type: Literal["cosine"] = "cosine"
+    t_max: int | None = Field(None, ge=1, description="Epochs of the half cycle (default: epochs).")
+    eta_min: FiniteFloat = Field(0.0, ge=0, description="The lowest learning rate.")
+
+
+class OneCycleSchedule(StrictModel):
+    """The one-cycle policy, stepped every batch over all epochs (OneCycleLR).
+
+    The lr starts at max_lr / 25, peaks at max_lr and ends at max_lr / 1e5 (torch's defaults);
+    the optimizer's own lr and momentum are not used and not cycled.
+    """
+
+    type: Literal["onecycle"] = "onecycle"
+    max_lr: FiniteFloat = Field(gt=0, description="The peak learning rate.")
+    pct_start: FiniteFloat = Field(
+        0.3, gt=0, lt=1, description="Fraction of the steps spent raising the lr."
+    )
+
+
+class PlateauSchedule(StrictModel):
+    """Multiply the lr by factor once a metric has not improved for patience epochs."""
+
+    type: Literal["plateau"] = "plateau"
+    metric: MetricName = Field("val_loss", description="The metric watched.")
+    mode: Literal["min", "max"] | None = Field(
+        None, description="min or max; by default max for r2 and accuracy, min otherwise."
+    )
+    factor: FiniteFloat = Field(0.1, gt=0, lt=1, description="Decay factor.")
+    patience: int = Field(10, ge=0, description="Epochs without improvement before a decay.")
+    min_lr: FiniteFloat = Field(0.0, ge=0, description="The lr is never lowered below this.")
+
+
+SchedulerSpec = Annotated[
+    StepSchedule | CosineSchedule | OneCycleSchedule | PlateauSchedule,
+    Field(discriminator="type"),
 ]
 
 Task = Literal["regression", "classification"]
@@ -248,8 +361,21 @@ class RunRequest(StrictModel):
     )
     standardize: bool = Field(
         False,
-        description="Scale features to zero mean and unit variance; the statistics are stored "
-        "with the weights and applied at predict time.",
+        description="Scale features (and regression targets, see standardize_target) to zero "
+        "mean and unit variance; the statistics are stored with the weights and applied at "
+        "predict time.",
+    )
+    standardize_target: bool | None = Field(
+        None,
+        description="Train a regression on standardized targets, predictions in the original "
+        "units (null: as standardize).",
+    )
+    scheduler: SchedulerSpec | None = Field(None, description="A learning-rate schedule.")
+    early_stopping: EarlyStopping | None = Field(
+        None, description="Stop when a metric stops improving."
+    )
+    grad_clip_norm: FiniteFloat | None = Field(
+        None, gt=0, description="Clip the gradients' total norm to this before each step."
     )
     device: str = Field(
         "auto",
@@ -308,7 +434,63 @@ class RunSpec(RunRequest):
                     raise ValueError(
                         f"targets[{index}] is {target!r}, not a number; regression needs numbers"
                     )
+        self._check_training_options()
         return self
+
+    @property
+    def scales_target(self) -> bool:
+        """Whether training fits standardized targets (regression only)."""
+        # resolve_spec fills standardize_target in; it is null only in specs stored before it
+        # existed, whose runs (and checkpoints) never scaled their targets.
+        return self.task == "regression" and bool(self.standardize_target)
+
+    def _check_training_options(self) -> None:
+        if isinstance(self.optimizer, ClosedFormOptimizer):
+            if self.task != "regression" or self.loss != "mse":
+                raise FieldMisfit(
+                    ("optimizer",), "closed_form solves least squares: it needs regression and mse"
+                )
+            if not isinstance(self.model, LinearModel):
+                raise FieldMisfit(("optimizer",), "closed_form needs a linear model")
+            if self.epochs != 1:
+                raise FieldMisfit(("epochs",), "closed_form solves in one pass: epochs must be 1")
+            for name in ("scheduler", "early_stopping", "grad_clip_norm"):
+                if getattr(self, name) is not None:
+                    raise FieldMisfit((name,), f"closed_form takes no {name}")
+        if isinstance(self.optimizer, LBFGSOptimizer) and self.grad_clip_norm is not None:
+            raise FieldMisfit(
+                ("grad_clip_norm",), "lbfgs needs the true gradient: grad_clip_norm cannot be used"
+            )
+        if self.task == "classification" and self.standardize_target:
+            raise FieldMisfit(
+                ("standardize_target",), "only regression targets can be standardized"
+            )
+        watched = [("early_stopping", self.early_stopping)]
+        if isinstance(self.scheduler, PlateauSchedule):
+            watched.append(("scheduler", self.scheduler))
+        for field, options in watched:
+            if options is None:
+                continue
+            part, kind = options.metric.split("_", 1)
+            if kind not in TASK_METRICS[self.task]:
+                raise FieldMisfit(
+                    (field, "metric"),
+                    f"{self.task} has no metric {options.metric!r}; it reports "
+                    + ", ".join(f"{part}_{name}" for name in TASK_METRICS[self.task]),
+                )
+            if part == "val" and self.validation_split == 0:
+                raise FieldMisfit(
+                    (field, "metric"),
+                    f"{options.metric} needs validation_split > 0 (or watch train_{kind})",
+                )
+
+
+class FieldMisfit(ValueError):
+    """A cross-field error that names the field at fault (pydantic gives model checks no loc)."""
+
+    def __init__(self, loc: tuple[str, ...], message: str) -> None:
+        super().__init__(message)
+        self.loc = loc
 
 
 class SpecConsistencyError(InvalidInputError):
@@ -334,9 +516,20 @@ def resolve_spec(request: RunRequest, *, dataset_task: Task | None = None) -> Ru
         or "regression"
     )
     loss = request.loss or ("cross_entropy" if task == "classification" else "mse")
+    fields = {**dict(request), "task": task, "loss": loss}
+    if request.standardize_target is None:
+        fields["standardize_target"] = task == "regression" and request.standardize
+    if (
+        isinstance(request.optimizer, ClosedFormOptimizer)
+        and "epochs" not in request.model_fields_set
+    ):
+        # A direct solve is one pass; the default of 3 epochs is for iterative optimizers.
+        fields["epochs"] = 1
     try:
         # Fields pass through as validated instances: an inline dataset is not checked twice.
-        return RunSpec(**{**dict(request), "task": task, "loss": loss})
+        return RunSpec(**fields)
     except ValidationError as error:
         first = error.errors(include_url=False)[0]
-        raise SpecConsistencyError(first["msg"], loc=("body", *first["loc"])) from None
+        cause = first.get("ctx", {}).get("error")
+        loc = cause.loc if isinstance(cause, FieldMisfit) else first["loc"]
+        raise SpecConsistencyError(first["msg"], loc=("body", *loc)) from None

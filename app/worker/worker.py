@@ -421,7 +421,7 @@ class RunExecution:
         if outcome.status == "completed":
             report = outcome.last_report
             weights = export_weights(trainer.module, trainer.architecture)
-            metrics = _final_metrics(report) if report else None
+            metrics = _final_metrics(report, outcome) if report else None
             errors = estimation_error(trainer)
 
             def succeed(session: Session) -> None:
@@ -545,10 +545,15 @@ class RunExecution:
         return status
 
 
-def _final_metrics(report: EpochReport) -> dict[str, Any]:
-    return {
+def _final_metrics(report: EpochReport, outcome: Outcome) -> dict[str, Any]:
+    metrics: dict[str, Any] = {
         "epoch": report.epoch,
         "train_loss": report.train_loss,
         "val_loss": report.val_loss,
         **report.metrics,
     }
+    if outcome.best_epoch is not None:
+        metrics["best_epoch"] = outcome.best_epoch
+    if outcome.stopped_early_at is not None:
+        metrics["early_stopped_at"] = outcome.stopped_early_at
+    return metrics
