@@ -73,6 +73,15 @@ BUILTINS = {
         "Friedman #1 (1991) on 200 points of the Kronecker sequence x_j = frac(i*sqrt(p_j)), "
         "p = 2, 3, 5, 7, 11: y = 10 sin(pi x1 x2) + 20 (x3 - 0.5)^2 + 10 x4 + 5 x5, no noise.",
     ),
+    "diabetes": Builtin(
+        "diabetes.csv",
+        "progression",
+        "regression",
+        "Efron, Hastie, Johnstone and Tibshirani (2004): 442 diabetes patients, age, sex, "
+        "body mass index, blood pressure and six blood serum measurements (raw units); the "
+        "target is a measure of disease progression a year later, 25 to 346. As distributed "
+        "with scikit-learn (BSD-3-Clause).",
+    ),
 }
 
 

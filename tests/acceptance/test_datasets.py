@@ -116,7 +116,7 @@ def test_iris_upload_train_and_predict_by_column_name(client: httpx.Client, work
 def test_regression_on_a_builtin_dataset(client: httpx.Client, workers: LocalWorkers):
     workers.start()
     listed = client.get("/datasets", params={"builtin": "true"}).json()["items"]
-    assert {item["name"] for item in listed} == {"iris", "friedman1"}
+    assert {item["name"] for item in listed} == {"iris", "friedman1", "diabetes"}
     stored = client.post("/datasets/builtin/friedman1")
     assert stored.status_code == 201
     assert client.post("/datasets/builtin/friedman1").json()["id"] == stored.json()["id"]
