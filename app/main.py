@@ -38,6 +38,7 @@ from app.serving.fast_path import PredictFastPath
 from app.serving.router import router as serving_router
 from app.serving.service import Serving
 from app.serving.watcher import RegistryWatcher
+from app.sweeps.router import router as sweeps_router
 from app.system.router import router as system_router
 from app.ui.router import STATIC_PATH as UI_STATIC_PATH
 from app.ui.router import router as ui_router
@@ -175,6 +176,7 @@ def create_app(
     app.include_router(datasets_router)
     app.include_router(runs_router)
     app.include_router(events_router)
+    app.include_router(sweeps_router)
     app.include_router(registry_router)
     app.include_router(system_router)
     app.include_router(keys_router)

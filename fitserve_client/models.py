@@ -10,7 +10,7 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-FINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
+FINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled", "pruned"})
 
 Item = TypeVar("Item")
 

@@ -10,6 +10,7 @@ from app.keys import models as keys_models  # noqa: F401
 from app.projects import models as projects_models  # noqa: F401
 from app.registry import models as registry_models  # noqa: F401
 from app.runs import models as runs_models  # noqa: F401
+from app.sweeps import models as sweeps_models  # noqa: F401
 from app.worker import models as worker_models  # noqa: F401
 
 config = context.config

@@ -62,6 +62,7 @@ def empty_database(settings: Settings) -> None:
         # Registered versions hold on to their runs; the bump drops cached resolutions.
         "DELETE FROM registered_models",
         "UPDATE registry_state SET generation = generation + 1",
+        "DELETE FROM sweeps",
         "DELETE FROM runs",
         "DELETE FROM workers",
         "DELETE FROM datasets",

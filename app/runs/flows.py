@@ -75,30 +75,47 @@ def submit_run(
 ) -> tuple[Run, bool]:
     """Queue a run, or find the one an earlier request with the key queued; wake a worker."""
     with unit_of_work(database.sessions) as session:
-        spec, shape = resolved_spec(session=session, request=request, project=principal.project)
-        service.check_limits(spec=spec, limits=settings.limits, shape=shape)
-        if idempotency_key is not None:
-            # A retry gets its run back even when the run itself now fills the quota.
-            earlier = service.run_for_idempotency_key(
-                session=session, project=principal.project, key=idempotency_key, spec=spec
-            )
-            if earlier is not None:
-                return earlier, False
-        project = projects.get_project(session=session, name=principal.project, lock=True)
-        service.check_run_quota(session=session, project=project, rows=shape[0], epochs=spec.epochs)
-        run, created = service.create_run(
+        run, created = queue_run(
             session=session,
-            project=principal.project,
-            spec=spec,
-            default_max_attempts=settings.default_max_attempts,
+            request=request,
+            settings=settings,
+            principal=principal,
             idempotency_key=idempotency_key,
         )
-        if created:
-            audit.record(
-                session=session, principal=principal, action="run.create", object_id=run.id
-            )
     if created:
         events.queued()
+    return run, created
+
+
+def queue_run(
+    *,
+    session: Session,
+    request: RunRequest,
+    settings: Settings,
+    principal: Principal,
+    idempotency_key: str | None = None,
+) -> tuple[Run, bool]:
+    """Check a run against the limits and the project's quotas and queue it, in `session`."""
+    spec, shape = resolved_spec(session=session, request=request, project=principal.project)
+    service.check_limits(spec=spec, limits=settings.limits, shape=shape)
+    if idempotency_key is not None:
+        # A retry gets its run back even when the run itself now fills the quota.
+        earlier = service.run_for_idempotency_key(
+            session=session, project=principal.project, key=idempotency_key, spec=spec
+        )
+        if earlier is not None:
+            return earlier, False
+    project = projects.get_project(session=session, name=principal.project, lock=True)
+    service.check_run_quota(session=session, project=project, rows=shape[0], epochs=spec.epochs)
+    run, created = service.create_run(
+        session=session,
+        project=principal.project,
+        spec=spec,
+        default_max_attempts=settings.default_max_attempts,
+        idempotency_key=idempotency_key,
+    )
+    if created:
+        audit.record(session=session, principal=principal, action="run.create", object_id=run.id)
     return run, created
 
 

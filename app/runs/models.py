@@ -19,11 +19,13 @@ class RunStatus(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    # A sweep's pruner stopped it at an epoch boundary; it keeps its checkpoint.
+    PRUNED = "pruned"
 
 
 ACTIVE_STATUSES = (RunStatus.RUNNING, RunStatus.CANCELLING)
-FINAL_STATUSES = (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED)
-RESUMABLE_STATUSES = (RunStatus.CANCELLED, RunStatus.FAILED)
+FINAL_STATUSES = (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.PRUNED)
+RESUMABLE_STATUSES = (RunStatus.CANCELLED, RunStatus.FAILED, RunStatus.PRUNED)
 
 
 class FailureKind(StrEnum):

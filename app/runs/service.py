@@ -475,7 +475,10 @@ def resume_run(
             raise SpecLimitError(
                 ("epochs",), f"the run has already finished {run.epochs_done} epochs"
             )
-        values = {"epochs_total": epochs, "spec": {**run.spec, "epochs": epochs}}
+        spec = {**run.spec, "epochs": epochs}
+        if epochs != run.epochs_total:
+            _check_new_length(run.spec, epochs)
+        values = {"epochs_total": epochs, "spec": spec}
     resumed = _conditional_update(
         session,
         run_id,
@@ -490,8 +493,19 @@ def resume_run(
     )
     session.refresh(run)
     if not resumed:
-        raise RunStateError(f"run {run_id} is {run.status}; only cancelled or failed runs resume")
+        raise RunStateError(
+            f"run {run_id} is {run.status}; only cancelled, failed or pruned runs resume"
+        )
     return run
+
+
+def _check_new_length(spec: dict[str, Any], epochs: int) -> None:
+    # Refused here rather than by the worker: a direct solve is one pass, and a one-cycle
+    # schedule is laid out over the run's length when it starts.
+    if spec.get("optimizer", {}).get("type") == "closed_form":
+        raise SpecLimitError(("epochs",), "a closed_form run is one pass; it has no more epochs")
+    if (spec.get("scheduler") or {}).get("type") == "onecycle":
+        raise SpecLimitError(("epochs",), "a onecycle schedule keeps the length it started with")
 
 
 def delete_run(*, session: Session, run_id: int, project: str) -> None:

@@ -471,18 +471,23 @@ class RunSpec(RunRequest):
         for field, options in watched:
             if options is None:
                 continue
-            part, kind = options.metric.split("_", 1)
-            if kind not in TASK_METRICS[self.task]:
-                raise FieldMisfit(
-                    (field, "metric"),
-                    f"{self.task} has no metric {options.metric!r}; it reports "
-                    + ", ".join(f"{part}_{name}" for name in TASK_METRICS[self.task]),
-                )
-            if part == "val" and self.validation_split == 0:
-                raise FieldMisfit(
-                    (field, "metric"),
-                    f"{options.metric} needs validation_split > 0 (or watch train_{kind})",
-                )
+            misfit = metric_misfit(
+                options.metric, task=self.task, validation_split=self.validation_split
+            )
+            if misfit is not None:
+                raise FieldMisfit((field, "metric"), misfit)
+
+
+def metric_misfit(metric: str, *, task: str, validation_split: float) -> str | None:
+    """Why a run of `task` would not report `metric` in its epochs, or None if it would."""
+    part, kind = metric.split("_", 1)
+    if kind not in TASK_METRICS[task]:
+        return f"{task} has no metric {metric!r}; it reports " + ", ".join(
+            f"{part}_{name}" for name in TASK_METRICS[task]
+        )
+    if part == "val" and validation_split == 0:
+        return f"{metric} needs validation_split > 0 (or watch train_{kind})"
+    return None
 
 
 class FieldMisfit(ValueError):

@@ -26,6 +26,7 @@ from app.logs import log_context
 from app.notifications import relay_notifications
 from app.runs import records
 from app.runs.models import FailureKind, RunStatus
+from app.sweeps import flows as sweeps
 from app.training.artifacts import CheckpointBlob, export_weights
 from app.training.data import Table
 from app.training.engine import EpochReport, Outcome, Trainer, estimation_error, warm_up
@@ -59,6 +60,8 @@ class WorkerSettings:
     heartbeat_seconds: float
     poll_seconds: float
     torch_threads: int
+    # The service's own, for what a worker queues itself: a sweep's next trials.
+    service: Settings
     test_faults: dict[int, RunFaults] = field(default_factory=dict)
 
     @classmethod
@@ -73,6 +76,7 @@ class WorkerSettings:
             heartbeat_seconds=settings.heartbeat_seconds,
             poll_seconds=settings.poll_seconds,
             torch_threads=settings.torch_threads,
+            service=settings,
             test_faults=settings.test_faults,
         )
 
@@ -143,6 +147,7 @@ class Worker:
                         self._register()
                         registered = True
                     registered = self._maintain_queue()
+                    sweeps.advance_sweeps(database=self.database, settings=self.settings.service)
                     claim = self._claim()
                 except DBAPIError:
                     # An unreachable database is waited out, not a reason to exit.
@@ -287,6 +292,9 @@ class RunExecution:
         )
         self.checkpoint_every = 1
         self.cancel_requested = threading.Event()
+        self.prune_requested = threading.Event()
+        self._pruning: Callable[[int], bool] | None = None
+        self._pruning_known = False
         self.fenced = threading.Event()
         self.attention = threading.Event()
         self._heartbeat_done = threading.Event()
@@ -462,6 +470,8 @@ class RunExecution:
                 )
                 if self.cancel_requested.is_set():
                     queue.finish(session=session, claim=self.claim, status=RunStatus.CANCELLED)
+                elif self.prune_requested.is_set():
+                    queue.finish(session=session, claim=self.claim, status=RunStatus.PRUNED)
                 else:
                     queue.hand_back(session=session, claim=self.claim)
 
@@ -525,7 +535,22 @@ class RunExecution:
             self._raise_attention(self.fenced)
             return
         self._note(status)
+        if report.epoch < trainer.spec.epochs and self._should_prune(report.epoch):
+            self._raise_attention(self.prune_requested)
         self.faults.after_epoch(report.epoch, self.interrupted)
+
+    def _should_prune(self, epoch: int) -> bool:
+        """Ask the sweep's pruner, for a trial of a sweep that has one."""
+        database = self.context.database
+        try:
+            if not self._pruning_known:
+                self._pruning = sweeps.pruning_check(database=database, run_id=self.claim.run_id)
+                self._pruning_known = True
+            return self._pruning is not None and self._pruning(epoch)
+        except SQLAlchemyError:
+            # The trial trains on; the next epoch asks again.
+            logger.warning("could not ask the pruner about run %s", self.claim.run_id)
+            return False
 
     def _record_epoch(
         self, session: Session, report: EpochReport, trainer: Trainer, due: bool

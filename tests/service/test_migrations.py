@@ -26,6 +26,10 @@ TABLES = {
     "projects",
     "api_keys",
     "audit_events",
+    "run_events",
+    "run_tags",
+    "sweeps",
+    "sweep_trials",
     "alembic_version",
 }
 

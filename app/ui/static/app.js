@@ -2,7 +2,7 @@
 (function () {
   "use strict";
 
-  const FINAL = new Set(["succeeded", "failed", "cancelled"]);
+  const FINAL = new Set(["succeeded", "failed", "cancelled", "pruned"]);
   const PALETTE = ["#1d4ed8", "#dc2626", "#15803d", "#9333ea", "#ea580c"];
 
   function number(value) {

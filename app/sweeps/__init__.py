@@ -1,0 +1,1 @@
+"""Hyperparameter sweeps: Optuna proposes and prunes; every trial is an ordinary run."""
