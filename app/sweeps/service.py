@@ -110,12 +110,6 @@ def objective_value(run: Run | None, metric: str) -> float | None:
 def trials(*, session: Session, sweep: Sweep) -> list[Trial]:
     """The sweep's trials in order, each with its run's status and objective."""
     metric = sweep.spec["objective"]["metric"]
-    rows = session.execute(
-        select(SweepTrial, Run)
-        .outerjoin(Run, Run.id == SweepTrial.run_id)
-        .where(SweepTrial.sweep_id == sweep.id)
-        .order_by(SweepTrial.number)
-    )
     return [
         Trial(
             number=trial.number,
@@ -124,19 +118,14 @@ def trials(*, session: Session, sweep: Sweep) -> list[Trial]:
             status=run.status if run is not None else "deleted",
             objective=objective_value(run, metric),
         )
-        for trial, run in rows
+        for trial, run in _trial_rows(session, sweep)
     ]
 
 
 def records(*, session: Session, sweep: Sweep) -> list[TrialRecord]:
     """The trials as a study needs them: states, final and per-epoch objective values."""
     metric = sweep.spec["objective"]["metric"]
-    rows = session.execute(
-        select(SweepTrial, Run)
-        .outerjoin(Run, Run.id == SweepTrial.run_id)
-        .where(SweepTrial.sweep_id == sweep.id)
-        .order_by(SweepTrial.number)
-    ).all()
+    rows = _trial_rows(session, sweep)
     run_ids = [trial.run_id for trial, _run in rows if trial.run_id is not None]
     intermediate: dict[int, dict[int, float]] = {run_id: {} for run_id in run_ids}
     for epoch in session.scalars(select(Epoch).where(Epoch.run_id.in_(run_ids))):
@@ -154,6 +143,16 @@ def records(*, session: Session, sweep: Sweep) -> list[TrialRecord]:
         )
         for trial, run in rows
     ]
+
+
+def _trial_rows(session: Session, sweep: Sweep) -> list[tuple[SweepTrial, Run | None]]:
+    rows = session.execute(
+        select(SweepTrial, Run)
+        .outerjoin(Run, Run.id == SweepTrial.run_id)
+        .where(SweepTrial.sweep_id == sweep.id)
+        .order_by(SweepTrial.number)
+    )
+    return [(trial, run) for trial, run in rows]
 
 
 def _epoch_value(epoch: Epoch, metric: str) -> float | None:
