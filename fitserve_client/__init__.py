@@ -32,7 +32,9 @@ from fitserve_client.models import (
     Prediction,
     Progress,
     Run,
+    Sweep,
     Tensor,
+    Trial,
     Weights,
 )
 
@@ -62,7 +64,9 @@ __all__ = [
     "Progress",
     "RateLimitError",
     "Run",
+    "Sweep",
     "Tensor",
+    "Trial",
     "ValidationError",
     "Weights",
 ]

@@ -31,6 +31,7 @@ from fitserve_client.models import (
     Page,
     Prediction,
     Run,
+    Sweep,
     Weights,
 )
 
@@ -129,6 +130,29 @@ def compare_runs(run_ids: Sequence[int]) -> Call[Comparison]:
     """GET /runs/compare?ids=..."""
     params = {"ids": ",".join(str(run_id) for run_id in run_ids)}
     return Call(Request("GET", "/runs/compare", params=params), _model(Comparison))
+
+
+def create_sweep(spec: SpecSource) -> Call[Sweep]:
+    """POST /sweeps; `spec` is the sweep body, or a JSON or YAML file holding it."""
+    return Call(Request("POST", "/sweeps", json=load_spec(spec)), _model(Sweep))
+
+
+def get_sweep(sweep_id: int) -> Call[Sweep]:
+    """GET /sweeps/{id}."""
+    return Call(Request("GET", f"/sweeps/{sweep_id}"), _model(Sweep))
+
+
+def sweep_page(
+    _filters: Mapping[str, Any], page_size: int, cursor: str | None
+) -> Call[Page[Sweep]]:
+    """GET /sweeps, one page."""
+    params = {"limit": page_size, "cursor": cursor}
+    return Call(Request("GET", "/sweeps", params=params), _model(Page[Sweep]))
+
+
+def cancel_sweep(sweep_id: int) -> Call[Sweep]:
+    """POST /sweeps/{id}/cancel."""
+    return Call(Request("POST", f"/sweeps/{sweep_id}/cancel"), _model(Sweep))
 
 
 def run_weights(run_id: int) -> Call[Weights]:
@@ -413,10 +437,11 @@ class Pager(Generic[Item]):
 
 
 class Deadline:
-    """An optional point in time after which waiting on a run is an error."""
+    """An optional point in time after which waiting on a run or a sweep is an error."""
 
-    def __init__(self, run_id: int, timeout: float | None) -> None:
+    def __init__(self, run_id: int, timeout: float | None, *, kind: str = "run") -> None:
         self.run_id = run_id
+        self.kind = kind
         self.timeout = timeout
         self._end = None if timeout is None else time.monotonic() + timeout
 
@@ -426,7 +451,7 @@ class Deadline:
             return math.inf
         left = self._end - time.monotonic()
         if left <= 0:
-            raise TimeoutError(f"run {self.run_id} did not finish within {self.timeout:g}s")
+            raise TimeoutError(f"{self.kind} {self.run_id} did not finish within {self.timeout:g}s")
         return left
 
     def sleep_for(self, seconds: float) -> float:

@@ -39,6 +39,7 @@ from fitserve_client.models import (
     ModelVersion,
     Prediction,
     Run,
+    Sweep,
     Weights,
 )
 
@@ -225,6 +226,38 @@ class Models:
         self._transport.call(_api.delete_alias(name, alias))
 
 
+class Sweeps:
+    """Hyperparameter sweeps: `client.sweeps`."""
+
+    def __init__(self, transport: SyncTransport) -> None:
+        self._transport = transport
+
+    def create(self, spec: SpecSource) -> Sweep:
+        """Start a sweep (`POST /sweeps`); `spec` is the body, or a JSON or YAML file."""
+        return self._transport.call(_api.create_sweep(spec))
+
+    def get(self, sweep_id: int) -> Sweep:
+        """One sweep with its trials."""
+        return self._transport.call(_api.get_sweep(sweep_id))
+
+    def list(self, *, limit: int | None = None) -> Iterator[Sweep]:
+        """Sweeps, newest first, across pages (without their trials)."""
+        pager = Pager(_api.sweep_page, {}, limit)
+        while (call := pager.next_call()) is not None:
+            yield from pager.take(self._transport.call(call))
+
+    def cancel(self, sweep_id: int) -> Sweep:
+        """Stop a sweep; its queued and running trials are cancelled."""
+        return self._transport.call(_api.cancel_sweep(sweep_id))
+
+    def wait(self, sweep_id: int, timeout: float | None = None) -> Sweep:
+        """Poll until the sweep has ended and return it; TimeoutError after `timeout` s."""
+        poller = Poller(Deadline(sweep_id, timeout, kind="sweep"))
+        while not (sweep := self.get(sweep_id)).finished:
+            time.sleep(poller.delay())
+        return sweep
+
+
 class Client:
     """The fitserve API over HTTP, blocking. Use as a context manager, or call `close`."""
 
@@ -237,6 +270,7 @@ class Client:
     ) -> None:
         self._transport = SyncTransport(url, key, timeout)
         self.runs = Runs(self._transport)
+        self.sweeps = Sweeps(self._transport)
         self.datasets = Datasets(self._transport)
         self.models = Models(self._transport)
 
@@ -447,6 +481,39 @@ class AsyncModels:
         await self._transport.call(_api.delete_alias(name, alias))
 
 
+class AsyncSweeps:
+    """Hyperparameter sweeps: `client.sweeps`, for asyncio."""
+
+    def __init__(self, transport: AsyncTransport) -> None:
+        self._transport = transport
+
+    async def create(self, spec: SpecSource) -> Sweep:
+        """Start a sweep (`POST /sweeps`); `spec` is the body, or a JSON or YAML file."""
+        return await self._transport.call(_api.create_sweep(spec))
+
+    async def get(self, sweep_id: int) -> Sweep:
+        """One sweep with its trials."""
+        return await self._transport.call(_api.get_sweep(sweep_id))
+
+    async def list(self, *, limit: int | None = None) -> AsyncIterator[Sweep]:
+        """Sweeps, newest first, across pages (without their trials)."""
+        pager = Pager(_api.sweep_page, {}, limit)
+        while (call := pager.next_call()) is not None:
+            for sweep in pager.take(await self._transport.call(call)):
+                yield sweep
+
+    async def cancel(self, sweep_id: int) -> Sweep:
+        """Stop a sweep; its queued and running trials are cancelled."""
+        return await self._transport.call(_api.cancel_sweep(sweep_id))
+
+    async def wait(self, sweep_id: int, timeout: float | None = None) -> Sweep:
+        """Poll until the sweep has ended and return it; TimeoutError after `timeout` s."""
+        poller = Poller(Deadline(sweep_id, timeout, kind="sweep"))
+        while not (sweep := await self.get(sweep_id)).finished:
+            await asyncio.sleep(poller.delay())
+        return sweep
+
+
 class AsyncClient:
     """The fitserve API over HTTP, for asyncio. Use as an async context manager."""
 
@@ -459,6 +526,7 @@ class AsyncClient:
     ) -> None:
         self._transport = AsyncTransport(url, key, timeout)
         self.runs = AsyncRuns(self._transport)
+        self.sweeps = AsyncSweeps(self._transport)
         self.datasets = AsyncDatasets(self._transport)
         self.models = AsyncModels(self._transport)
 

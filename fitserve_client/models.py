@@ -99,6 +99,36 @@ class Comparison(APIModel):
 
     runs: list[Run]
     spec_differences: dict[str, list[Any]]
+    metrics: dict[str, list[Any]] = Field(default_factory=dict)
+
+
+class Trial(APIModel):
+    """One trial of a sweep: the run it queued (`TrialRead`)."""
+
+    number: int
+    run_id: int | None = None
+    params: dict[str, Any]
+    status: str
+    objective: float | None = None
+
+
+class Sweep(APIModel):
+    """A hyperparameter sweep and its trials (`SweepRead`)."""
+
+    id: int
+    status: str
+    spec: dict[str, Any]
+    total_trials: int
+    trials: list[Trial] = Field(default_factory=list)
+    best_run_id: int | None = None
+    error: str | None = None
+    created_at: datetime
+    finished_at: datetime | None = None
+
+    @property
+    def finished(self) -> bool:
+        """Whether the sweep has ended (succeeded, failed or cancelled)."""
+        return self.status != "running"
 
 
 class DatasetSummary(APIModel):

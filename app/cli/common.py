@@ -2,6 +2,7 @@
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -11,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fitserve_client import Client
+from fitserve_client._api import load_spec
 
 # Names, errors and spec values are shown as they are, never read as rich markup.
 stdout = Console(highlight=False, markup=False)
@@ -19,6 +21,20 @@ stderr = Console(stderr=True, highlight=False, markup=False)
 JsonOption = Annotated[
     bool, typer.Option("--json", help="Machine output: one JSON document on stdout.")
 ]
+BodyFile = Annotated[
+    Path,
+    typer.Argument(
+        exists=True, dir_okay=False, readable=True, metavar="SPEC", help="JSON or YAML."
+    ),
+]
+
+
+def read_body(path: Path) -> dict[str, Any]:
+    """A request body from a JSON or YAML file; an unreadable one is a usage error (2)."""
+    try:
+        return load_spec(path)
+    except (ValueError, ImportError) as error:
+        raise typer.BadParameter(f"cannot read {path}: {error}", param_hint="SPEC") from None
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 Operator commands work on the configured database and processes (`serve`, `api`, `worker`,
 `db`, `keys`, `projects`); user commands go through `fitserve_client` over HTTP (`runs`,
-`datasets`, `models`, `predict`). Heavy modules are imported inside the commands that need
+`sweeps`, `datasets`, `models`, `predict`). Heavy modules are imported inside the commands that need
 them, so `fitserve runs list` starts without torch, SQLAlchemy or FastAPI.
 """
 
@@ -12,7 +12,7 @@ from typing import Annotated
 import httpx
 import typer
 
-from app.cli import admin, datasets, models, predict, runs, server
+from app.cli import admin, datasets, models, predict, runs, server, sweeps
 from app.cli.common import Connection, stderr
 from fitserve_client import FitserveAPIError, FitserveStreamError
 from fitserve_client._http import DEFAULT_URL
@@ -25,6 +25,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(runs.runs_app, name="runs")
+app.add_typer(sweeps.sweeps_app, name="sweeps")
 app.add_typer(datasets.datasets_app, name="datasets")
 app.add_typer(models.models_app, name="models")
 app.add_typer(admin.keys_app, name="keys")

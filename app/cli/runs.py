@@ -1,7 +1,6 @@
 """User commands on training runs (`fitserve runs ...`), over HTTP through `fitserve_client`."""
 
 import json
-from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
@@ -17,7 +16,7 @@ from rich.table import Table
 
 from app.cli import common
 from fitserve_client import Client, FitserveAPIError, Run
-from fitserve_client._api import events_unavailable, load_spec
+from fitserve_client._api import events_unavailable
 
 runs_app = typer.Typer(help="Training runs (over HTTP).", no_args_is_help=True)
 
@@ -102,12 +101,7 @@ def _run_table(runs: list[Run]) -> Table:
 @runs_app.command("create")
 def runs_create(
     ctx: typer.Context,
-    spec: Annotated[
-        Path,
-        typer.Argument(
-            exists=True, dir_okay=False, readable=True, help="A run spec, JSON or YAML."
-        ),
-    ],
+    spec: common.BodyFile,
     follow: Annotated[
         bool, typer.Option("--follow", "-f", help="Show progress until the run finishes.")
     ] = False,
@@ -117,10 +111,7 @@ def runs_create(
     as_json: common.JsonOption = False,
 ) -> None:
     """Queue a run; with --follow, exit 0 once it succeeded and 1 if it did not."""
-    try:
-        body = load_spec(spec)
-    except (ValueError, ImportError) as error:
-        raise typer.BadParameter(f"cannot read {spec}: {error}", param_hint="SPEC") from None
+    body = common.read_body(spec)
     with common.client(ctx) as client:
         run = client.runs.create(body, idempotency_key=idempotency_key)
         if not follow:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Annotated
 
 import anyio
-from fastapi import APIRouter, Header, Request
+from fastapi import APIRouter, Header, Query, Request
 from sqlalchemy.orm import Session, sessionmaker
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
@@ -70,10 +70,17 @@ async def project_events(
     settings: SettingsDep,
     principal: TrainAccess,
     last_event_id: LastEventId = None,
+    after: Annotated[
+        Id | None,
+        Query(
+            description="Start after this event id when there is no `Last-Event-ID` (a "
+            "browser's EventSource cannot send that header on its first request)."
+        ),
+    ] = None,
 ) -> EventSourceResponse:
     """Every run's events in the caller's project as they commit; the stream stays open.
 
-    Without `Last-Event-ID` it starts with the next event; `Last-Event-ID: 0` replays all.
+    Without `Last-Event-ID` or `after` it starts with the next event; `after=0` replays all.
     """
     stream = EventStream(
         broker=request.app.state.event_broker,
@@ -81,7 +88,7 @@ async def project_events(
         project=principal.project,
         run_id=None,
     )
-    after_id = last_event_id
+    after_id = last_event_id if last_event_id is not None else after
     if after_id is None:
         after_id = await run_in_threadpool(stream.newest_id)
     return _response(stream, after_id=after_id, settings=settings)

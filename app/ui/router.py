@@ -60,7 +60,8 @@ SORTS = {
     "name": "name",
     "metrics.val_loss": "lowest val_loss",
     "metrics.train_loss": "lowest train_loss",
-    "-metrics.accuracy": "highest accuracy",
+    "-metrics.val_accuracy": "highest val_accuracy",
+    "-metrics.train_accuracy": "highest train_accuracy",
 }
 static_files = StaticFiles(directory=HERE / "static")
 templates = Jinja2Templates(directory=HERE / "templates")
@@ -283,13 +284,22 @@ def runs_page(
     cursor: Annotated[Id | None, Query()] = None,
 ) -> HTMLResponse:
     """The project's runs: status, progress and final metrics, live; filter by name and tag."""
+    # Read before the rows: the page's stream starts after it, so nothing that happens
+    # between rendering and the stream's connection is missed.
+    newest = runs_service.newest_event_id(session=session, project=principal.project)
     rows = _run_rows(
         session, principal, name=name, tag=tag, status=status, sort=sort, cursor=cursor
     )
     return _page(
         request,
         "runs.html",
-        {"principal": principal, "sorts": SORTS, "statuses": list(RunStatus), **rows},
+        {
+            "principal": principal,
+            "sorts": SORTS,
+            "statuses": list(RunStatus),
+            "events_after": newest,
+            **rows,
+        },
     )
 
 

@@ -220,3 +220,27 @@ def test_keys_from_the_environment_or_the_option(settings: Settings):
         by_env = fitserve(secured, "runs", "list", env={"FITSERVE_KEY": key})
         assert by_env.returncode == 1
         assert by_env.stderr.strip() == "error: this needs the train role; the key has predict"
+
+
+def test_sweeps_create_wait_exits_0_and_shows_the_trials(
+    api: ApiServer, workers: LocalWorkers, tmp_path: Path
+):
+    workers.start()
+    sweep = {
+        "base": {"dataset": {"type": "synthetic_linear", "n_samples": 200}, "epochs": 2},
+        "space": {"optimizer.lr": [0.003, 0.03]},
+        "strategy": {"type": "grid"},
+        "objective": {"metric": "train_loss"},
+    }
+    done = fitserve(api, "sweeps", "create", spec_file(tmp_path, sweep, "sweep.yaml"), "--wait")
+    assert done.returncode == 0, done.stderr
+    assert "succeeded: best run" in done.stdout
+    sweep_id = done.stdout.split("sweep ")[-1].split()[0]
+    shown = fitserve(api, "sweeps", "show", sweep_id, "--json")
+    assert shown.returncode == 0, shown.stderr
+    assert [trial["status"] for trial in json.loads(shown.stdout)["trials"]] == ["succeeded"] * 2
+    listed = fitserve(api, "sweeps", "list")
+    assert listed.returncode == 0 and sweep_id in listed.stdout
+    again = fitserve(api, "sweeps", "cancel", sweep_id)
+    assert again.returncode == 1
+    assert "is succeeded" in again.stderr

@@ -308,6 +308,7 @@ CONTRACT: list[tuple[str, str, type[BaseModel]]] = [
     ("get", "/models/{name}", models.Model),
     ("put", "/models/{name}/aliases/{alias}", models.Alias),
     ("post", "/predict", models.Prediction),
+    ("get", "/sweeps/{sweep_id}", models.Sweep),
 ]
 NESTED: list[tuple[str, type[BaseModel]]] = [
     ("EpochRead", models.Epoch),
@@ -316,6 +317,7 @@ NESTED: list[tuple[str, type[BaseModel]]] = [
     ("VersionDetail", models.ModelVersionDetail),
     ("Progress", models.Progress),
     ("TensorRead", models.Tensor),
+    ("TrialRead", models.Trial),
 ]
 
 
@@ -367,3 +369,27 @@ def test_the_key_goes_as_a_bearer_token(settings: Settings):
             assert predictor.models.list() == []
             with pytest.raises(PermissionDeniedError, match="train role"):
                 predictor.runs.create(D2L_SPEC)
+
+
+GRID_SWEEP: dict[str, Any] = {
+    "base": {"dataset": {"type": "synthetic_linear", "n_samples": 200}, "epochs": 2},
+    "space": {"optimizer.lr": [0.003, 0.03]},
+    "strategy": {"type": "grid"},
+    "objective": {"metric": "train_loss"},
+    "max_concurrent": 2,
+}
+
+
+def test_sweeps_create_wait_list_and_cancel(fitserve: Client, workers: LocalWorkers):
+    workers.start()
+    sweep = fitserve.sweeps.create(GRID_SWEEP)
+    assert (sweep.status, sweep.total_trials, len(sweep.trials)) == ("running", 2, 2)
+    done = fitserve.sweeps.wait(sweep.id, timeout=120)
+    assert done.finished and done.status == "succeeded"
+    best = min(done.trials, key=lambda trial: trial.objective or float("inf"))
+    assert done.best_run_id == best.run_id
+    assert next(listed.id for listed in fitserve.sweeps.list()) == sweep.id
+    with pytest.raises(ConflictError):
+        fitserve.sweeps.cancel(sweep.id)
+    queued = fitserve.sweeps.create({**GRID_SWEEP, "max_concurrent": 1})
+    assert fitserve.sweeps.cancel(queued.id).status == "cancelled"

@@ -231,3 +231,35 @@ def test_open_streams_end_cleanly_when_the_api_stops(
     logged = log.read_text()
     assert "Finished server process" in logged
     assert "ERROR" not in logged, logged
+
+
+def test_project_stream_starts_after_the_id_in_the_query(client: httpx.Client) -> None:
+    first = post_run(client, D2L_SPEC)
+    second = post_run(client, D2L_SPEC)
+    client.post(f"/runs/{second['id']}/cancel").raise_for_status()
+    replay = read_events_project_until(client, "/events?after=0", second["id"], "cancelled")
+    assert {data["run_id"] for _id, _kind, data in replay} == {first["id"], second["id"]}
+    after_first = [event_id for event_id, _kind, data in replay if data["run_id"] == first["id"]]
+    later = read_events_project_until(
+        client, f"/events?after={after_first[-1]}", second["id"], "cancelled"
+    )
+    assert later == [event for event in replay if event[0] > after_first[-1]]
+    # A reconnecting browser sends Last-Event-ID, which wins over the query.
+    headers = {"Last-Event-ID": str(replay[-2][0])}
+    with connect_sse(client, "GET", "/events?after=0", headers=headers, timeout=30) as source:
+        message = next(iter(source.iter_sse()))
+    assert int(message.id) == replay[-1][0]
+
+
+def read_events_project_until(
+    client: httpx.Client, path: str, run_id: int, status: str
+) -> list[Event]:
+    """The project stream at `path` until run `run_id` reaches `status`."""
+    events: list[Event] = []
+    with connect_sse(client, "GET", path, timeout=30) as source:
+        for message in source.iter_sse():
+            data = json.loads(message.data)
+            events.append((int(message.id), message.event, data))
+            if data["run_id"] == run_id and data.get("status") == status:
+                break
+    return events

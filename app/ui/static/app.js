@@ -206,7 +206,8 @@
       }
     });
 
-    const stream = new EventSource("/events");
+    // From the newest event the page was rendered with; a reconnect sends Last-Event-ID.
+    const stream = new EventSource("/events?after=" + container.dataset.eventsAfter);
     stream.addEventListener("status", (event) => {
       const data = JSON.parse(event.data);
       const row = document.getElementById("run-" + data.run_id);
@@ -229,7 +230,8 @@
       if (row === null) return;
       row.querySelector("[data-field=train_loss]").textContent = number(data.train_loss);
       row.querySelector("[data-field=val_loss]").textContent = number(data.val_loss);
-      const accuracy = (data.metrics || {}).accuracy;
+      const metrics = data.metrics || {};
+      const accuracy = metrics.val_accuracy ?? metrics.train_accuracy;
       if (accuracy !== undefined) {
         row.querySelector("[data-field=accuracy]").textContent = number(accuracy);
       }
