@@ -5,6 +5,7 @@ functions that need them.
 """
 
 import logging
+import os
 import signal
 import threading
 from pathlib import Path
@@ -53,14 +54,20 @@ def configured_settings() -> Settings:
     return settings
 
 
-def run_api(settings: Settings, semaphore: Any = None) -> None:
-    """Serve the HTTP API in this process (no training happens here)."""
+def run_api(settings: Settings, semaphore: Any = None, parent_pid: int | None = None) -> None:
+    """Serve the HTTP API in this process (no training happens here).
+
+    With `parent_pid`, the process stops when that one dies.
+    """
     import uvicorn
 
     from app.logs import configure_logging
     from app.main import create_app
+    from app.processes import exit_with_parent
     from app.worker.worker import Wakeup
 
+    if parent_pid is not None:
+        exit_with_parent(parent_pid)
     configure_logging(settings)
     wakeup = Wakeup(semaphore) if semaphore is not None else None
     api = create_app(settings, wakeup=wakeup.notify if wakeup else None)
@@ -94,7 +101,7 @@ def serve(settings: Settings, *, with_api: bool, with_workers: bool) -> int:
     semaphore = SPAWN.Semaphore(0) if with_api and with_workers else None
     pool = WorkerPool(settings, semaphore=semaphore) if with_workers else None
     api = (
-        SPAWN.Process(target=run_api, args=(settings, semaphore), name="fitserve-api")
+        SPAWN.Process(target=run_api, args=(settings, semaphore, os.getpid()), name="fitserve-api")
         if with_api
         else None
     )

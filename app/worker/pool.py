@@ -2,6 +2,7 @@
 
 import logging
 import multiprocessing
+import os
 import socket
 import threading
 import time
@@ -15,6 +16,7 @@ from sqlalchemy.exc import DBAPIError
 
 from app.config import Settings
 from app.database import make_engine, make_session_factory, unit_of_work
+from app.processes import exit_with_parent
 from app.worker import queue
 from app.worker.worker import Wakeup, Worker, WorkerSettings
 
@@ -38,10 +40,18 @@ def new_worker_id(device: str) -> str:
     return f"{socket.gethostname()}/{device}/{uuid.uuid4().hex[:8]}"
 
 
-def run_worker(settings: Settings, worker_id: str, device: str, semaphore: Any = None) -> None:
-    """Entry point of a worker process."""
+def run_worker(
+    settings: Settings,
+    worker_id: str,
+    device: str,
+    semaphore: Any = None,
+    parent_pid: int | None = None,
+) -> None:
+    """Entry point of a worker process; with `parent_pid`, it stops when that process dies."""
     from app.logs import configure_logging
 
+    if parent_pid is not None:
+        exit_with_parent(parent_pid)
     configure_logging(settings)
     worker_settings = WorkerSettings.from_settings(settings, worker_id=worker_id, device=device)
     worker = Worker(worker_settings, wakeup=Wakeup(semaphore) if semaphore is not None else None)
@@ -90,7 +100,7 @@ class WorkerPool:
         worker_id = new_worker_id(device)
         process = SPAWN.Process(
             target=run_worker,
-            args=(self.settings, worker_id, device, self.semaphore),
+            args=(self.settings, worker_id, device, self.semaphore, os.getpid()),
             name=f"fitserve-worker-{device}",
         )
         process.start()

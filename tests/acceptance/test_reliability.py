@@ -323,6 +323,44 @@ def test_fitserve_serve_stopped_mid_run_hands_it_back_then_kills_a_worker_that_h
     assert [row["attempt"] for row in rows] == [1, 2, 3, 3, 3]
 
 
+def test_a_killed_serve_takes_its_api_and_workers_with_it(
+    client: httpx.Client, worker_command: WorkerCommand, pause: Pause
+):
+    run = post_run(client, long_spec(epochs=5))
+    port = free_port()
+    serve = worker_command.start(
+        faults={run["id"]: pause.after_epoch(1)}, command="serve", FITSERVE_PORT=str(port)
+    )
+    pause.wait()
+    [worker] = client.get("/workers").json()
+    wait_until(lambda: _answers(f"http://127.0.0.1:{port}"), timeout=30, message="serve's API up")
+    # SIGKILL: the supervisor gets no chance to stop its children; the kernel tells them.
+    serve.kill()
+    serve.wait(10)
+
+    handed_back = wait_for(client, run["id"], {"queued"}, timeout=30)
+    assert (handed_back["attempt"], handed_back["lost_attempts"]) == (1, 0)
+    wait_until(lambda: not _alive(worker["pid"]), timeout=30, message="the worker exited")
+    wait_until(
+        lambda: not _answers(f"http://127.0.0.1:{port}"), timeout=30, message="the API exited"
+    )
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def test_cancel_a_running_run_keeps_its_checkpoint_and_resume_continues(
     client: httpx.Client, workers: LocalWorkers, pause: Pause
 ):
