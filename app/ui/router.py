@@ -8,6 +8,7 @@ an error page with the API's status and message.
 import json
 import re
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
@@ -240,36 +241,56 @@ def logout(request: Request) -> RedirectResponse:
 # --- runs ----------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class RunListFilters:
+    """What the runs list is filtered and sorted by, as its form sends it."""
+
+    name: str | None
+    tag: str | None
+    # The form sends an empty status for "any status".
+    status: RunStatus | Literal[""] | None
+    sort: str
+
+
+def _run_list_filters(
+    name: Annotated[str | None, Query(max_length=200)] = None,
+    tag: Annotated[str | None, Query(max_length=64)] = None,
+    status: Annotated[RunStatus | Literal[""] | None, Query()] = None,
+    sort: Annotated[str, Query(max_length=80)] = "-created_at",
+) -> RunListFilters:
+    return RunListFilters(name=name, tag=tag, status=status, sort=sort)
+
+
+RunListFiltersDep = Annotated[RunListFilters, Depends(_run_list_filters)]
+
+
 def _run_rows(
     session: ReadSessionDep,
     principal: Principal,
+    filters: RunListFilters,
     *,
-    name: str | None,
-    tag: str | None,
-    status: RunStatus | Literal[""] | None,
-    sort: str,
     cursor: int | None,
 ) -> dict[str, Any]:
     runs, next_cursor = runs_service.list_runs(
         session=session,
         project=principal.project,
-        status=status or None,
-        name=name or None,
-        tags=[tag] if tag else (),
-        sort=sort if sort in SORTS else runs_service.RunSort.NEWEST,
+        status=filters.status or None,
+        name=filters.name or None,
+        tags=[filters.tag] if filters.tag else (),
+        sort=filters.sort if filters.sort in SORTS else runs_service.RunSort.NEWEST,
         limit=LIST_LIMIT,
         cursor=cursor,
     )
-    filters = {"name": name or "", "tag": tag or "", "status": status or "", "sort": sort}
+    shown = {
+        "name": filters.name or "",
+        "tag": filters.tag or "",
+        "status": filters.status or "",
+        "sort": filters.sort,
+    }
     more = None
     if next_cursor is not None:
-        more = "/ui/?" + urlencode({**filters, "cursor": next_cursor})
-    return {"runs": runs, "filters": filters, "more": more}
-
-
-RunFilters = Annotated[str | None, Query(max_length=200)]
-# The filter form sends an empty status for "any status".
-StatusFilter = Annotated[RunStatus | Literal[""] | None, Query()]
+        more = "/ui/?" + urlencode({**shown, "cursor": next_cursor})
+    return {"runs": runs, "filters": shown, "more": more}
 
 
 @router.get("/ui/")
@@ -277,19 +298,14 @@ def runs_page(
     request: Request,
     session: ReadSessionDep,
     principal: TrainAccess,
-    name: RunFilters = None,
-    tag: Annotated[str | None, Query(max_length=64)] = None,
-    status: StatusFilter = None,
-    sort: Annotated[str, Query(max_length=80)] = "-created_at",
+    filters: RunListFiltersDep,
     cursor: Annotated[Id | None, Query()] = None,
 ) -> HTMLResponse:
     """The project's runs: status, progress and final metrics, live; filter by name and tag."""
     # Read before the rows: the page's stream starts after it, so nothing that happens
     # between rendering and the stream's connection is missed.
     newest = runs_service.newest_event_id(session=session, project=principal.project)
-    rows = _run_rows(
-        session, principal, name=name, tag=tag, status=status, sort=sort, cursor=cursor
-    )
+    rows = _run_rows(session, principal, filters, cursor=cursor)
     return _page(
         request,
         "runs.html",
@@ -305,17 +321,10 @@ def runs_page(
 
 @router.get("/ui/runs/table")
 def runs_table(
-    request: Request,
-    session: ReadSessionDep,
-    principal: TrainAccess,
-    name: RunFilters = None,
-    tag: Annotated[str | None, Query(max_length=64)] = None,
-    status: StatusFilter = None,
-    sort: Annotated[str, Query(max_length=80)] = "-created_at",
+    request: Request, session: ReadSessionDep, principal: TrainAccess, filters: RunListFiltersDep
 ) -> HTMLResponse:
     """The runs table alone, for the filters and the live list to swap in."""
-    rows = _run_rows(session, principal, name=name, tag=tag, status=status, sort=sort, cursor=None)
-    return _page(request, "_runs_table.html", rows)
+    return _page(request, "_runs_table.html", _run_rows(session, principal, filters, cursor=None))
 
 
 def _epoch_data(epochs: list[EpochRead]) -> list[dict[str, Any]]:

@@ -24,6 +24,15 @@ from tests.helpers import (
 )
 
 Event = tuple[int, str, dict[str, Any]]
+# What a three-epoch run's stream carries, from queued to succeeded.
+D2L_EVENTS = [
+    "status:queued",
+    "status:running",
+    "epoch:1",
+    "epoch:2",
+    "epoch:3",
+    "status:succeeded",
+]
 
 
 def read_events(
@@ -56,14 +65,7 @@ def test_stream_of_a_run_ends_with_its_final_status(
     run = post_run(client, D2L_SPEC)
     events = read_events(client, f"/runs/{run['id']}/events")
 
-    assert kinds(events) == [
-        "status:queued",
-        "status:running",
-        "epoch:1",
-        "epoch:2",
-        "epoch:3",
-        "status:succeeded",
-    ]
+    assert kinds(events) == D2L_EVENTS
     ids = [event_id for event_id, _kind, _data in events]
     assert ids == sorted(set(ids))
     epochs = client.get(f"/runs/{run['id']}/epochs").json()
@@ -123,14 +125,7 @@ def test_cancelled_then_resumed_run_streams_on(client: httpx.Client, workers: Lo
     workers.start()
     after = read_events(client, path, last_event_id=before[-1][0])
 
-    assert kinds(after) == [
-        "status:queued",
-        "status:running",
-        "epoch:1",
-        "epoch:2",
-        "epoch:3",
-        "status:succeeded",
-    ]
+    assert kinds(after) == D2L_EVENTS
 
 
 def test_project_stream_carries_every_run_and_starts_now(
@@ -160,21 +155,10 @@ def test_project_stream_carries_every_run_and_starts_now(
     assert not listener.is_alive()
     assert {data["run_id"] for _id, _kind, data in received} == {run["id"]}
     assert kinds(received)[-1] == "status:succeeded"
-    replay = read_events_project(client, last_event_id=0, until_run=run["id"])
+    replay = read_events_project_until(
+        client, "/events", run["id"], "succeeded", headers={"Last-Event-ID": "0"}
+    )
     assert {data["run_id"] for _id, _kind, data in replay} == {earlier["id"], run["id"]}
-
-
-def read_events_project(client: httpx.Client, last_event_id: int, until_run: int) -> list[Event]:
-    """The project stream from an id until `until_run` succeeds."""
-    events: list[Event] = []
-    headers = {"Last-Event-ID": str(last_event_id)}
-    with connect_sse(client, "GET", "/events", headers=headers, timeout=60) as source:
-        for message in source.iter_sse():
-            data = json.loads(message.data)
-            events.append((int(message.id), message.event, data))
-            if data["run_id"] == until_run and data.get("status") == "succeeded":
-                break
-    return events
 
 
 def test_unknown_run_and_bad_last_event_id_are_refused(client: httpx.Client) -> None:
@@ -252,11 +236,15 @@ def test_project_stream_starts_after_the_id_in_the_query(client: httpx.Client) -
 
 
 def read_events_project_until(
-    client: httpx.Client, path: str, run_id: int, status: str
+    client: httpx.Client,
+    path: str,
+    run_id: int,
+    status: str,
+    headers: dict[str, str] | None = None,
 ) -> list[Event]:
     """The project stream at `path` until run `run_id` reaches `status`."""
     events: list[Event] = []
-    with connect_sse(client, "GET", path, timeout=30) as source:
+    with connect_sse(client, "GET", path, headers=headers or {}, timeout=60) as source:
         for message in source.iter_sse():
             data = json.loads(message.data)
             events.append((int(message.id), message.event, data))

@@ -8,37 +8,9 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from app.config import Settings
-from app.database import Database
-from app.keys import flows as key_flows
-from app.main import create_app
-from app.principal import Principal, Role
 from tests.helpers import D2L_SPEC, ApiServer, LocalWorkers, long_spec, post_run, wait_for
 
-OPERATOR = Principal(project="default", role=Role.ADMIN, address="test")
 COLUMNS = {"x": [1.0, 2.0, 3.0, 4.0, 2.5], "y": ["a", "b", "a", "b", "a"]}
-
-
-@pytest.fixture(scope="module")
-def secured(settings: Settings) -> Iterator[ApiServer]:
-    """An API that requires a key on every request but /healthz and the docs."""
-    with ApiServer(create_app(settings.model_copy(update={"auth": "required"}))) as server:
-        yield server
-
-
-@pytest.fixture
-def make_key(settings: Settings) -> Iterator:
-    """Make a key for a project and role, as `fitserve keys create` does."""
-    database = Database.connect(settings.database_url)
-
-    def make(project: str, role: str) -> str:
-        _row, key = key_flows.create_key(
-            database=database, project=project, role=Role(role), label=None, principal=OPERATOR
-        )
-        return key
-
-    yield make
-    database.dispose()
 
 
 @pytest.fixture
