@@ -1,5 +1,7 @@
 """Turn a dataset spec into tensors, split them, and compute the standardisation statistics."""
 
+import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -13,6 +15,9 @@ from app.training.spec import (
 )
 
 Label = int | float | str
+
+# Rows gathered at a time when statistics stream over a subset: 65,536 x 50 float64 is 26 MB.
+STATISTICS_CHUNK_ROWS = 65_536
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,41 @@ class Split:
 
     train: torch.Tensor
     validation: torch.Tensor
+
+
+@dataclass(frozen=True)
+class RowSubset:
+    """Rows of a matrix by index, or all of them in order (index None), never copied whole."""
+
+    matrix: torch.Tensor
+    index: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return int(self.matrix.shape[0] if self.index is None else self.index.shape[0])
+
+    @property
+    def device(self) -> torch.device:
+        """Where the rows are."""
+        return self.matrix.device
+
+    def take(self, positions: torch.Tensor) -> torch.Tensor:
+        """The subset's rows at these positions: one gather from the matrix."""
+        return self.matrix[positions if self.index is None else self.index[positions]]
+
+    def chunks(self, size: int) -> Iterator[torch.Tensor]:
+        """The subset's rows in order, `size` at a time; gathered ones are overwritten by the next.
+
+        All rows come as views. Indexed rows are gathered into one buffer for all chunks: a
+        new chunk each time, among the smaller tensors the caller keeps, fragments the heap
+        until it holds several chunks' worth.
+        """
+        if self.index is None:
+            yield from torch.split(self.matrix, size)
+            return
+        buffer = self.matrix.new_empty((min(size, len(self)), *self.matrix.shape[1:]))
+        for start in range(0, len(self), size):
+            index = self.index[start : start + size]
+            yield torch.index_select(self.matrix, 0, index, out=buffer[: len(index)])
 
 
 def label_order(labels: list[Label]) -> list[Label]:
@@ -111,25 +151,56 @@ def split_rows(table: Table, *, fraction: float, seed: int) -> Split:
     if fraction == 0:
         return Split(torch.arange(n_rows), torch.empty(0, dtype=torch.int64))
     generator = torch.Generator().manual_seed(seed)
+    held_out = torch.zeros(n_rows, dtype=torch.bool)
     if table.classes is None:
-        order = torch.randperm(n_rows, generator=generator)
         n_validation = max(1, round(n_rows * fraction))
-        return Split(order[n_validation:].sort().values, order[:n_validation].sort().values)
-    train_parts, validation_parts = [], []
-    for class_index in range(len(table.classes)):
-        members = torch.nonzero(table.targets == class_index).flatten()
-        members = members[torch.randperm(len(members), generator=generator)]
-        n_validation = round(len(members) * fraction)
-        validation_parts.append(members[:n_validation])
-        train_parts.append(members[n_validation:])
-    return Split(torch.cat(train_parts).sort().values, torch.cat(validation_parts).sort().values)
+        held_out[torch.randperm(n_rows, generator=generator)[:n_validation]] = True
+    else:
+        for class_index in range(len(table.classes)):
+            members = torch.nonzero(table.targets == class_index).flatten()
+            members = members[torch.randperm(len(members), generator=generator)]
+            held_out[members[: round(len(members) * fraction)]] = True
+    # A mask gives both parts' rows in order without sorting (and copying) the larger one.
+    return Split(torch.nonzero(~held_out).flatten(), torch.nonzero(held_out).flatten())
 
 
-def feature_statistics(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-column mean and standard deviation; constant columns get a std of 1."""
-    mean = features.mean(dim=0)
-    std = features.std(dim=0, unbiased=False) if features.shape[0] > 1 else torch.ones_like(mean)
+def feature_statistics(
+    features: torch.Tensor,
+    rows: torch.Tensor | None = None,
+    *,
+    chunk_rows: int = STATISTICS_CHUNK_ROWS,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-column mean and standard deviation of the rows (all by default); constant: std 1."""
+    if rows is None or len(rows) <= chunk_rows:
+        # The whole matrix reduces in place and a small subset is one gather: torch's float32
+        # reductions, the numbers these statistics have always had.
+        part = features if rows is None else features[rows]
+        mean = part.mean(dim=0)
+        std = part.std(dim=0, unbiased=False) if part.shape[0] > 1 else torch.ones_like(mean)
+    else:
+        mean, std = _streamed_statistics(RowSubset(features, rows).chunks(chunk_rows))
     return mean, torch.where(std > 0, std, torch.ones_like(std))
+
+
+def _streamed_statistics(chunks: Iterator[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std from float64 sums over chunks, shifted by the first chunk's mean.
+
+    The shift keeps the sum of squares from cancelling against a large mean, and makes a
+    constant column's sums exactly zero (so its std is exactly zero).
+    """
+    head = next(chunks)
+    # One float64 block for every chunk, for the reason RowSubset.chunks gives.
+    block = torch.empty(head.shape, dtype=torch.float64, device=head.device)
+    shift = block.copy_(head).mean(dim=0)
+    total, squares, n_rows = torch.zeros_like(shift), torch.zeros_like(shift), 0
+    for chunk in itertools.chain([head], chunks):
+        centred = block[: chunk.shape[0]].copy_(chunk).sub_(shift)
+        total += centred.sum(dim=0)
+        squares += centred.square_().sum(dim=0)
+        n_rows += chunk.shape[0]
+    mean = total / n_rows
+    variance = (squares / n_rows - mean**2).clamp_(min=0)
+    return (shift + mean).to(head.dtype), variance.sqrt().to(head.dtype)
 
 
 def target_statistics(targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,5 +1,6 @@
-"""The training loop: data on the device once, batches by slicing a shuffled index, resumable."""
+"""The training loop: batches gathered by a shuffled index into the table's rows, resumable."""
 
+import itertools
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -17,6 +18,7 @@ from app.training.artifacts import (
     unpack_checkpoint,
 )
 from app.training.data import (
+    RowSubset,
     Table,
     feature_statistics,
     materialize,
@@ -160,13 +162,13 @@ class Trainer:
         )
         torch.manual_seed(spec.seed)
         self.module = self.architecture.build()
-        if len(split.validation):
-            train_x, train_y = table.features[split.train], table.targets[split.train]
-        else:
-            # Every row trains: no copy of what may be a large table.
-            train_x, train_y = table.features, table.targets
+        # The feature matrix is never copied in part: training and validation rows are
+        # gathered from it by index, a batch or a chunk at a time. When every row trains
+        # there is no index at all. Targets, one column, are gathered once.
+        train_rows = split.train if len(split.validation) else None
+        train_y = table.targets if train_rows is None else table.targets[train_rows]
         if spec.standardize:
-            mean, std = feature_statistics(train_x)
+            mean, std = feature_statistics(table.features, train_rows)
             self.module.input_mean.copy_(mean)
             self.module.input_std.copy_(std)
         if spec.scales_target:
@@ -174,9 +176,12 @@ class Trainer:
             self.module.target_mean.copy_(mean)
             self.module.target_std.copy_(std)
         self.module.to(device)
-        self.train_x = train_x.to(device)
+        # On the CPU this is the table's own tensor; on an accelerator the whole table is
+        # copied there once, which costs no more than its two parts did.
+        features = table.features.to(device)
+        self.train_x = RowSubset(features, None if train_rows is None else train_rows.to(device))
         self.train_y = train_y.to(device)
-        self.val_x = table.features[split.validation].to(device)
+        self.val_x = RowSubset(features, split.validation.to(device))
         self.val_y = table.targets[split.validation].to(device)
         # What the network is fitted to: targets in the units `scaled_forward` answers in.
         self.fit_y = (
@@ -187,7 +192,7 @@ class Trainer:
         self.loss_fn = make_loss(spec.loss)
         self.optimizer = make_optimizer(spec.optimizer, self.module.parameters())
         self.full_batch = isinstance(spec.optimizer, LBFGSOptimizer | ClosedFormOptimizer)
-        n_rows = self.train_x.shape[0]
+        n_rows = len(self.train_x)
         self.batches_per_epoch = 1 if self.full_batch else math.ceil(n_rows / spec.batch_size)
         self.scheduler = (
             make_scheduler(
@@ -254,7 +259,7 @@ class Trainer:
     def run(self, hooks: TrainingHooks) -> Outcome:
         """Train until the epochs are done, early stopping ends them, or hooks or failure stop."""
         spec, progress = self.spec, self._progress
-        n_rows = self.train_x.shape[0]
+        n_rows = len(self.train_x)
         n_batches = self.batches_per_epoch
         attempt_start = time.perf_counter()
         elapsed_before = progress.elapsed
@@ -320,7 +325,8 @@ class Trainer:
         else:
             index = order[batch * spec.batch_size : (batch + 1) * spec.batch_size]
             self.optimizer.zero_grad(set_to_none=True)
-            loss = self.loss_fn(self.module.scaled_forward(self.train_x[index]), self.fit_y[index])
+            features = self.train_x.take(index)
+            loss = self.loss_fn(self.module.scaled_forward(features), self.fit_y[index])
             loss.backward()
             if spec.grad_clip_norm is not None:
                 nn.utils.clip_grad_norm_(self.module.parameters(), spec.grad_clip_norm)
@@ -333,10 +339,10 @@ class Trainer:
         """LBFGS's closure: the mean loss over all training rows, gradients summed by chunk."""
         assert self.optimizer is not None
         self.optimizer.zero_grad(set_to_none=True)
-        n_rows = self.train_x.shape[0]
+        n_rows = len(self.train_x)
         total = torch.zeros((), device=self.device)
         for features, targets in zip(
-            torch.split(self.train_x, EVAL_CHUNK_ROWS),
+            self.train_x.chunks(EVAL_CHUNK_ROWS),
             torch.split(self.fit_y, EVAL_CHUNK_ROWS),
             strict=True,
         ):
@@ -358,10 +364,11 @@ class Trainer:
         """
         module = self.module
         float64 = torch.float64
-        n_rows, n_features = self.train_x.shape
+        n_rows, n_features = len(self.train_x), self.train_x.matrix.shape[1]
+        chunks = self.train_x.chunks(EVAL_CHUNK_ROWS)
         # Rows are shifted by the first chunk's means before the products, so that a large
         # mean does not cancel catastrophically when the sums are centred.
-        head_x, head_y = self.train_x[:EVAL_CHUNK_ROWS], self.train_y[:EVAL_CHUNK_ROWS]
+        head_x, head_y = next(chunks), self.train_y[:EVAL_CHUNK_ROWS]
         shift_x, shift_y = head_x.mean(dim=0).to(float64), head_y.mean().to(float64)
         # One product of [x - shift, y - shift, 1] per chunk gives every sum the solve needs:
         # the cross products, the column sums (last row) and the count.
@@ -372,7 +379,7 @@ class Trainer:
         buffer[:, -1] = 1.0
         gram = torch.zeros((width, width), dtype=float64, device=self.device)
         for x, y in zip(
-            torch.split(self.train_x, EVAL_CHUNK_ROWS),
+            itertools.chain([head_x], chunks),
             torch.split(self.train_y, EVAL_CHUNK_ROWS),
             strict=True,
         ):
@@ -470,19 +477,27 @@ class Trainer:
         train_loss, train_metrics = self._score(self.train_x, self.train_y)
         metrics = {f"train_{name}": value for name, value in train_metrics.items()}
         val_loss = None
-        if len(self.val_x):
+        if len(self.val_y):
             val_loss, val_metrics = self._score(self.val_x, self.val_y)
             metrics.update({f"val_{name}": value for name, value in val_metrics.items()})
         if self._progress.lr is not None:
             metrics["lr"] = self._progress.lr
         return EpochReport(epoch, train_loss, val_loss, metrics, seconds)
 
-    def _score(
-        self, features: torch.Tensor, targets: torch.Tensor
-    ) -> tuple[float, dict[str, float]]:
-        outputs = torch.cat(
-            [self.module(chunk) for chunk in torch.split(features, EVAL_CHUNK_ROWS)]
-        )
+    def _score(self, features: RowSubset, targets: torch.Tensor) -> tuple[float, dict[str, float]]:
+        # The outputs are kept whole, so that the loss and metrics reduce as one tensor. They
+        # go into one tensor made at the first chunk: a list of small chunk outputs, each
+        # allocated among the chunk's larger temporaries, fragments the heap until it holds
+        # as much as the features themselves.
+        outputs: torch.Tensor | None = None
+        for start, chunk in zip(
+            range(0, len(features), EVAL_CHUNK_ROWS), features.chunks(EVAL_CHUNK_ROWS), strict=True
+        ):
+            output = self.module(chunk)
+            if outputs is None:
+                outputs = output.new_empty((len(features), *output.shape[1:]))
+            outputs[start : start + chunk.shape[0]] = output
+        assert outputs is not None  # only parts with rows are scored
         loss = self.loss_fn(outputs, targets)
         if self.architecture.task == "classification":
             accuracy = (outputs.argmax(dim=1) == targets).float().mean()
