@@ -17,7 +17,9 @@ COPY pyproject.toml README.md alembic.ini ./
 COPY app ./app
 COPY fitserve_client ./fitserve_client
 COPY migrations ./migrations
-RUN pip install . && useradd --create-home --uid 10001 fitserve
+# /srv/artifacts is owned by the service user, so a named volume mounted there is too.
+RUN pip install . && useradd --create-home --uid 10001 fitserve \
+    && mkdir -p /srv/artifacts && chown fitserve /srv/artifacts
 
 USER fitserve
 ENV FITSERVE_HOST=0.0.0.0 \

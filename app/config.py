@@ -1,5 +1,7 @@
 """The one settings class: every knob is a FITSERVE_* environment variable."""
 
+import os
+from pathlib import Path
 from typing import Annotated, Literal, Self
 
 from pydantic import (
@@ -25,9 +27,9 @@ class Limits(BaseModel):
     max_epochs: int = 10_000
     max_batch_size: int = 65_536
     # Rows of a run's dataset (inline, generated or uploaded).
-    max_rows: int = 1_000_000
-    # Rows x features of a run's dataset.
-    max_cells: int = 20_000_000
+    max_rows: int = 20_000_000
+    # Rows x features of a run's dataset: 10M x 50 fits, as float32 2.4 GB at most.
+    max_cells: int = 600_000_000
     max_features: int = 10_000
     max_classes: int = 1_000
     max_hidden_width: int = 4_096
@@ -38,7 +40,7 @@ class Limits(BaseModel):
     max_dataset_columns: int = 20_000
     # Bytes an upload's used columns may decode to (float32 features and the target as read),
     # and the most any one Parquet column chunk may decompress to.
-    max_decoded_bytes: int = 256 * 1024 * 1024
+    max_decoded_bytes: int = 3 * 1024**3
 
 
 class RunFaults(BaseModel):
@@ -48,6 +50,12 @@ class RunFaults(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     kill_at_epoch: int | None = Field(None, ge=1, description="SIGKILL halfway through it.")
+    kill_before_commit_at_epoch: int | None = Field(
+        None,
+        ge=1,
+        description="SIGKILL once this epoch's checkpoint object is published, before the "
+        "transaction that names it commits.",
+    )
     kill_on_attempts: int = Field(1, ge=0, description="Kill only on the first N attempts.")
     stall_heartbeat_on_attempts: int = Field(
         0, ge=0, description="Stop renewing the lease on the first N attempts."
@@ -123,9 +131,27 @@ class Settings(BaseSettings):
         "for fitserve's own tests, never part of the API; leave unset in production.",
     )
 
+    artifacts: str | None = Field(
+        default=None,
+        description="Where dataset tables, checkpoints and weights are kept: a directory or "
+        "an fsspec URL such as `s3://bucket/prefix` (credentials and endpoint the usual AWS "
+        "way). Unset: the directory `fitserve-artifacts` beside the SQLite file, or in the "
+        "working directory for other databases.",
+    )
+    artifact_cache_dir: str | None = Field(
+        default=None,
+        description="This node's cache of remote artifacts, keyed by sha256. Unset: "
+        "`$XDG_CACHE_HOME/fitserve` (`~/.cache/fitserve`).",
+    )
+    artifact_cache_bytes: int = Field(
+        default=20 * 1024**3,
+        ge=0,
+        description="The most the cache of remote artifacts keeps; least recently used go first.",
+    )
+
     max_body_bytes: int = 64 * 1024 * 1024
     max_dataset_bytes: int = Field(
-        default=512 * 1024 * 1024,
+        default=4 * 1024**3,
         description="Largest dataset upload to POST /datasets; other bodies keep max_body_bytes.",
     )
     model_cache_entries: int = 256
@@ -191,6 +217,25 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
+
+    @property
+    def artifacts_url(self) -> str:
+        """The artifact store's URL or directory, with the default resolved."""
+        if self.artifacts:
+            return self.artifacts
+        if self.is_sqlite and "///" in self.database_url:
+            database_file = self.database_url.split("///", 1)[1].split("?", 1)[0]
+            if database_file not in ("", ":memory:"):
+                return str(Path(database_file).resolve().parent / "fitserve-artifacts")
+        return str(Path("fitserve-artifacts").resolve())
+
+    @property
+    def artifact_cache_path(self) -> Path:
+        """This node's cache directory for remote artifacts."""
+        if self.artifact_cache_dir:
+            return Path(self.artifact_cache_dir)
+        home_cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+        return Path(home_cache) / "fitserve"
 
     @property
     def is_sqlite(self) -> bool:

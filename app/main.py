@@ -11,6 +11,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from app.api_docs.router import STATIC_PATH as DOCS_STATIC_PATH
 from app.api_docs.router import router as api_docs_router
 from app.api_docs.router import static_files as docs_static_files
+from app.artifacts.store import open_store
 from app.audit.router import router as audit_router
 from app.body_limit import BodySizeLimitMiddleware
 from app.config import Settings
@@ -110,12 +111,14 @@ def create_app(
     )
     app.state.settings = settings
     app.state.database = database
+    app.state.artifacts = open_store(settings)
     serving = Serving(
         models=ModelCache(
             max_entries=settings.model_cache_entries, max_bytes=settings.model_cache_bytes
         ),
         names=NameCache(max_staleness=settings.registry_max_staleness_seconds),
         sessions=database.read_sessions,
+        store=app.state.artifacts,
         settings=settings,
     )
     app.state.serving = serving

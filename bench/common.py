@@ -9,6 +9,7 @@ import platform
 import random
 import socket
 import statistics
+import time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -94,3 +95,29 @@ class Spread:
     def format(self, digits: int = 1) -> str:
         """`median (min-max)`, e.g. `512.3 (498.0-530.1)`."""
         return f"{self.median:.{digits}f} ({self.low:.{digits}f}-{self.high:.{digits}f})"
+
+
+def status_bytes(pid: int, field: str) -> int:
+    """A size field of /proc/PID/status (VmRSS, VmHWM) in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) * 1024
+    raise KeyError(field)
+
+
+def reset_peak(pid: int) -> int:
+    """Reset the process's VmHWM to its VmRSS; returns that resident size."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+    return status_bytes(pid, "VmRSS")
+
+
+def child_pid(pid: int) -> int:
+    """The first child a `fitserve` command spawned (the API process, or a worker)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        for child in children.read_text().split():
+            if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                return int(child)
+        time.sleep(0.1)
+    raise RuntimeError(f"process {pid} started no child")

@@ -147,9 +147,18 @@ class DatasetSummary(APIModel):
     created_at: datetime
 
 
-class Dataset(DatasetSummary):
-    """A dataset with its schema, statistics and first rows (`DatasetRead`)."""
+class StoredTable(APIModel):
+    """Where a dataset's table is stored: an Arrow IPC file in the artifact store."""
 
+    uri: str
+    sha256: str
+    size_bytes: int
+
+
+class Dataset(DatasetSummary):
+    """A dataset with its schema, statistics, first rows and stored table (`DatasetRead`)."""
+
+    artifact: StoredTable
     columns: list[dict[str, str]]
     stats: dict[str, dict[str, Any]]
     preview: list[dict[str, Any]]

@@ -2,19 +2,23 @@
 TEST_DATABASE_URL), a real API server and real worker processes."""
 
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from fsspec.core import url_to_fs
 from sqlalchemy import text
 
+from app.artifacts.store import ArtifactStore, open_store
 from app.cli import upgrade_database
 from app.config import Settings
 from app.database import make_engine
 from app.main import create_app
 from app.worker.pool import SPAWN
-from tests.helpers import ApiServer, LocalWorkers
+from tests.helpers import S3_BUCKET, ApiServer, LocalWorkers, free_port, wait_until
 
 
 def _execute(database_url: str, *statements: str) -> None:
@@ -35,15 +39,17 @@ def database_url(tmp_path_factory: pytest.TempPathFactory) -> str:
     )
     if url.startswith("postgresql"):
         _execute(url, "DROP SCHEMA public CASCADE", "CREATE SCHEMA public")
-    upgrade_database(Settings(database_url=url))
+    upgrade_database(Settings(database_url=url, artifacts=str(tmp_path_factory.mktemp("store"))))
     return url
 
 
 @pytest.fixture(scope="session")
-def settings(database_url: str) -> Settings:
+def settings(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Settings:
     """Settings tuned for tests: short leases and polls, and auth off unless a test turns it on."""
     return Settings(
         database_url=database_url,
+        artifacts=str(tmp_path_factory.mktemp("artifacts")),
+        artifact_cache_dir=str(tmp_path_factory.mktemp("artifact-cache")),
         auth="off",
         devices=["cpu"],
         lease_seconds=3.0,
@@ -52,6 +58,51 @@ def settings(database_url: str) -> Settings:
         poll_seconds=0.25,
         shutdown_grace_seconds=15.0,
     )
+
+
+@pytest.fixture(scope="session")
+def store(settings: Settings) -> ArtifactStore:
+    """The artifact store the tests' API and workers use."""
+    return open_store(settings)
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """moto's standalone S3 server on loopback, with credentials set the usual AWS way.
+
+    The variables are set for the rest of the session, so s3fs finds the server in this
+    process and in the worker processes and commands the tests start.
+    """
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen(
+        [str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+    def answers() -> bool:
+        try:
+            return httpx.get(url, timeout=1).status_code < 500
+        except httpx.TransportError:
+            return False
+
+    environment = {
+        "AWS_ENDPOINT_URL": url,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    try:
+        wait_until(answers, timeout=30, message="moto server answering")
+        with pytest.MonkeyPatch.context() as patch:
+            for name, value in environment.items():
+                patch.setenv(name, value)
+            url_to_fs(f"s3://{S3_BUCKET}")[0].mkdir(S3_BUCKET)
+            yield url
+    finally:
+        server.terminate()
+        server.wait(10)
 
 
 @pytest.fixture
@@ -66,6 +117,7 @@ def empty_database(settings: Settings) -> None:
         "DELETE FROM runs",
         "DELETE FROM workers",
         "DELETE FROM datasets",
+        "DELETE FROM artifacts",
         "DELETE FROM api_keys",
         "DELETE FROM projects WHERE name <> 'default'",
         "UPDATE projects SET max_queued_runs = NULL, max_running_runs = NULL, "

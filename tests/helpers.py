@@ -50,6 +50,20 @@ def long_spec(epochs: int = 6, **overrides: Any) -> dict[str, Any]:
     }
 
 
+# The bucket the `s3_endpoint` fixture creates in moto's server.
+S3_BUCKET = "fitserve-tests"
+
+
+def storage_env(settings: Settings) -> dict[str, str]:
+    """The environment that points a `fitserve` subprocess at the tests' database and store."""
+    env = {"FITSERVE_DATABASE_URL": settings.database_url}
+    if settings.artifacts:
+        env["FITSERVE_ARTIFACTS"] = settings.artifacts
+    if settings.artifact_cache_dir:
+        env["FITSERVE_ARTIFACT_CACHE_DIR"] = settings.artifact_cache_dir
+    return env
+
+
 def free_port() -> int:
     """A loopback TCP port that nothing listens on now."""
     with socket.socket() as probe:
@@ -212,7 +226,7 @@ class ApiProcess:
         self.url = f"http://127.0.0.1:{port}"
         env = {
             **os.environ,
-            "FITSERVE_DATABASE_URL": settings.database_url,
+            **storage_env(settings),
             "FITSERVE_PORT": str(port),
             "FITSERVE_LOG_LEVEL": "WARNING",
             **env_overrides,

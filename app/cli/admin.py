@@ -1,4 +1,4 @@
-"""Admin commands: `keys` and `projects`, on the configured database (no HTTP)."""
+"""Admin commands: `keys`, `projects` and `artifacts`, on the configured database (no HTTP)."""
 
 import json
 from typing import Annotated, Any
@@ -11,6 +11,9 @@ from app.principal import Role
 
 keys_app = typer.Typer(help="API keys (admin, on the configured database).", no_args_is_help=True)
 projects_app = typer.Typer(help="Projects and their quotas (admin).", no_args_is_help=True)
+artifacts_app = typer.Typer(
+    help="The artifact store of datasets, checkpoints and weights (admin).", no_args_is_help=True
+)
 
 
 def _cli_principal(project: str) -> Any:
@@ -140,3 +143,35 @@ def projects_quota(
                 print(json.dumps(service.quota_of(project).model_dump()))
     finally:
         database.dispose()
+
+
+@artifacts_app.command("gc")
+def artifacts_gc(
+    grace: Annotated[
+        float,
+        typer.Option(help="Seconds a staging file may be left by a writer still at work."),
+    ] = 3600.0,
+) -> None:
+    """Delete stored objects that no dataset, checkpoint or weights row names."""
+    from datetime import timedelta
+
+    from app.artifacts.service import collect_garbage
+    from app.artifacts.store import open_store
+
+    settings = configured_settings()
+    database = _database(settings)
+    try:
+        collection = collect_garbage(
+            database=database, store=open_store(settings), grace=timedelta(seconds=grace)
+        )
+    finally:
+        database.dispose()
+    print(
+        json.dumps(
+            {
+                "released": collection.released,
+                "orphans": collection.orphans,
+                "staging_files": collection.staging_files,
+            }
+        )
+    )

@@ -28,6 +28,8 @@ def _alembic_config(settings: Settings) -> Any:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     config.attributes["database_url"] = settings.database_url
+    # Migrations that move stored objects need the artifact store too.
+    config.attributes["settings"] = settings
     return config
 
 

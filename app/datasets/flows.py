@@ -6,6 +6,8 @@ from typing import Any, BinaryIO
 
 from sqlalchemy.orm import Session
 
+from app.artifacts import service as artifacts
+from app.artifacts.store import ArtifactStore
 from app.audit import service as audit
 from app.config import Limits
 from app.database import Database, unit_of_work
@@ -27,12 +29,12 @@ def _storing(database: Database) -> Iterator[tuple[Session, Session]]:
 def _store(
     database: Database,
     principal: Principal,
-    store: Callable[..., tuple[Dataset, bool]],
+    store_with: Callable[..., tuple[Dataset, bool]],
     **arguments: Any,
 ) -> tuple[Dataset, bool]:
     """Run a `service.store_*` for the principal's project; audit what it created."""
     with _storing(database) as (session, reader):
-        dataset, created = store(
+        dataset, created = store_with(
             session=session, reader=reader, project=principal.project, **arguments
         )
         if created:
@@ -50,20 +52,30 @@ def _store(
 def store_file(
     *,
     database: Database,
+    store: ArtifactStore,
     stream: BinaryIO,
     name: str,
     options: IngestOptions,
     limits: Limits,
     principal: Principal,
+    sha256: str | None = None,
 ) -> tuple[Dataset, bool]:
-    """Store an uploaded CSV or Parquet file; returns the dataset and whether it is new."""
-    arguments = {"stream": stream, "name": name, "options": options, "limits": limits}
+    """Store an uploaded CSV or Parquet file; `sha256` of its bytes when hashed as it streamed."""
+    arguments = {
+        "stream": stream,
+        "name": name,
+        "options": options,
+        "limits": limits,
+        "sha256": sha256,
+        "store": store,
+    }
     return _store(database, principal, service.store_file, **arguments)
 
 
 def store_json(
     *,
     database: Database,
+    store: ArtifactStore,
     name: str,
     options: IngestOptions,
     records: list[dict[str, Any]] | None,
@@ -73,22 +85,28 @@ def store_json(
 ) -> tuple[Dataset, bool]:
     """Store a dataset sent as JSON records or columns."""
     arguments = {"name": name, "options": options, "records": records, "columns": columns}
-    return _store(database, principal, service.store_json, limits=limits, **arguments)
+    return _store(database, principal, service.store_json, store=store, limits=limits, **arguments)
 
 
 def store_builtin(
-    *, database: Database, name: str, limits: Limits, principal: Principal
+    *, database: Database, store: ArtifactStore, name: str, limits: Limits, principal: Principal
 ) -> tuple[Dataset, bool]:
     """Store a dataset shipped with fitserve by name."""
-    return _store(database, principal, service.store_builtin, name=name, limits=limits)
+    return _store(database, principal, service.store_builtin, store=store, name=name, limits=limits)
 
 
 def delete_dataset(
-    *, database: Database, dataset_id: int, force: bool, users: DatasetUsers, principal: Principal
+    *,
+    database: Database,
+    store: ArtifactStore,
+    dataset_id: int,
+    force: bool,
+    users: DatasetUsers,
+    principal: Principal,
 ) -> None:
-    """Delete a dataset; refused while runs refer to it unless forced."""
+    """Delete a dataset; refused while runs refer to it unless forced. Then free its table."""
     with unit_of_work(database.sessions) as session:
-        service.delete_dataset(
+        table_sha256 = service.delete_dataset(
             session=session,
             dataset_id=dataset_id,
             project=principal.project,
@@ -102,3 +120,4 @@ def delete_dataset(
             object_id=dataset_id,
             force=force,
         )
+    artifacts.release(database=database, store=store, sha256s=[table_sha256])

@@ -1,11 +1,12 @@
-"""The datasets table: metadata as JSON, the rows as one Arrow IPC blob loaded only on demand."""
+"""The datasets table: metadata as JSON; the rows are an Arrow IPC file in the artifact store."""
 
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, ForeignKey, LargeBinary, String, UniqueConstraint
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy import JSON, BigInteger, ForeignKey, String, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column, relationship
 
+from app.artifacts.models import Artifact
 from app.database import Base, UTCDateTime, utcnow
 
 
@@ -28,7 +29,7 @@ class Dataset(Base):
     sha256: Mapped[str] = mapped_column(String(64), index=True)
     fingerprint: Mapped[str] = mapped_column(String(64))
     format: Mapped[str] = mapped_column(String(16))
-    size_bytes: Mapped[int]
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
     task: Mapped[str] = mapped_column(String(16))
     target: Mapped[str] = mapped_column(String(255))
     features: Mapped[list[str]] = mapped_column(JSON)
@@ -37,5 +38,7 @@ class Dataset(Base):
     columns: Mapped[list[dict[str, str]]] = mapped_column(JSON)
     stats: Mapped[dict[str, Any]] = mapped_column(JSON)
     preview: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
-    data: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)
+    # The stored table (`tables.write_table_file`); RESTRICT keeps its object while named.
+    artifact_sha256: Mapped[str] = mapped_column(ForeignKey("artifacts.sha256"), index=True)
+    artifact: Mapped[Artifact] = relationship(lazy="joined")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

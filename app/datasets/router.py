@@ -1,18 +1,17 @@
 """HTTP endpoints of datasets: upload (multipart or JSON), built-ins, list, read, delete."""
 
 import tempfile
-from typing import Annotated, Any, BinaryIO, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import ImmutableMultiDict, UploadFile
+from starlette.datastructures import ImmutableMultiDict
 
 from app.access import TrainAccess
+from app.artifacts.dependencies import ArtifactStoreDep
 from app.body_limit import BodyTooLargeError
-from app.config import Limits
-from app.database import Database
 from app.datasets import flows, service
 from app.datasets.dependencies import DatasetUsersDep
 from app.datasets.ingest import DatasetInputError, IngestOptions
@@ -26,10 +25,10 @@ from app.datasets.schemas import (
     DatasetRead,
     DatasetSummary,
 )
+from app.datasets.uploads import MultipartForm, Spool
 from app.dependencies import DatabaseDep, ReadSessionDep, SettingsDep
 from app.error_handlers import ERROR_RESPONSES
 from app.ids import Id
-from app.principal import Principal
 
 router = APIRouter(prefix="/datasets", tags=["datasets"], responses=ERROR_RESPONSES)
 Options = TypeVar("Options", bound=DatasetOptions)
@@ -122,6 +121,7 @@ async def upload_dataset(
     request: Request,
     response: Response,
     database: DatabaseDep,
+    store: ArtifactStoreDep,
     settings: SettingsDep,
     principal: TrainAccess,
 ) -> DatasetRead:
@@ -137,6 +137,7 @@ async def upload_dataset(
             body = _validated(DatasetJSON, raw)
             return flows.store_json(
                 database=database,
+                store=store,
                 name=body.name or "upload",
                 options=_ingest_options(body),
                 records=body.records,
@@ -146,43 +147,37 @@ async def upload_dataset(
             )
 
         return _answer(*await run_in_threadpool(store_json), response)
-    if not content_type.startswith("multipart/form-data"):
-        # The body is the file itself and the options are query parameters.
-        options = _form_options(request.query_params)
-        with tempfile.TemporaryFile() as spool:
-            # Writes land in the page cache, so they barely hold up the event loop.
+    with tempfile.TemporaryFile() as file:
+        # The file goes to disk as it arrives, hashed on the way, so it is read once here
+        # and once by the parser; the writes land in the page cache and barely hold up the
+        # event loop.
+        spool = Spool(file)
+        if content_type.startswith("multipart/form-data"):
+            form = MultipartForm(spool)
+            await form.read(request, content_type)
+            if form.filename is None:
+                raise DatasetInputError(("file",), "the multipart field `file` is missing")
+            options = _form_options(ImmutableMultiDict(form.fields))
+            name = options.name or form.filename
+        else:
+            # The body is the file itself and the options are query parameters.
+            options = _form_options(request.query_params)
+            name = options.name
             async for chunk in request.stream():
                 spool.write(chunk)
-            stored = await _store_file(database, spool, options.name, options, limits, principal)
-        return _answer(*stored, response)
-    async with request.form(max_files=1, max_fields=32) as form:
-        upload = form.get("file")
-        if not isinstance(upload, UploadFile):
-            raise DatasetInputError(("file",), "the multipart field `file` is missing")
-        options = _form_options(form)
-        name = options.name or upload.filename
-        stored = await _store_file(database, upload.file, name, options, limits, principal)
-    return _answer(*stored, response)
-
-
-async def _store_file(
-    database: Database,
-    stream: BinaryIO,
-    name: str | None,
-    options: DatasetOptions,
-    limits: Limits,
-    principal: Principal,
-) -> tuple[Dataset, bool]:
-    return await run_in_threadpool(
-        lambda: flows.store_file(
-            database=database,
-            stream=stream,
-            name=name or "upload",
-            options=_ingest_options(options),
-            limits=limits,
-            principal=principal,
+        stored = await run_in_threadpool(
+            lambda: flows.store_file(
+                database=database,
+                store=store,
+                stream=file,
+                name=name or "upload",
+                options=_ingest_options(options),
+                limits=limits,
+                principal=principal,
+                sha256=spool.sha256(),
+            )
         )
-    )
+    return _answer(*stored, response)
 
 
 @router.post(
@@ -194,12 +189,13 @@ def store_builtin(
     name: str,
     response: Response,
     database: DatabaseDep,
+    store: ArtifactStoreDep,
     settings: SettingsDep,
     principal: TrainAccess,
 ) -> DatasetRead:
     """Store a dataset shipped with fitserve (see `GET /datasets?builtin=true`)."""
     stored = flows.store_builtin(
-        database=database, name=name, limits=settings.limits, principal=principal
+        database=database, store=store, name=name, limits=settings.limits, principal=principal
     )
     return _answer(*stored, response)
 
@@ -245,11 +241,17 @@ def get_dataset(dataset_id: Id, session: ReadSessionDep, principal: TrainAccess)
 def delete_dataset(
     dataset_id: Id,
     database: DatabaseDep,
+    store: ArtifactStoreDep,
     users: DatasetUsersDep,
     principal: TrainAccess,
     force: Annotated[bool, Query(description="Delete even while runs refer to it.")] = False,
 ) -> None:
     """Delete a dataset; 409 while runs refer to it unless `force=true`."""
     flows.delete_dataset(
-        database=database, dataset_id=dataset_id, force=force, users=users, principal=principal
+        database=database,
+        store=store,
+        dataset_id=dataset_id,
+        force=force,
+        users=users,
+        principal=principal,
     )

@@ -88,8 +88,20 @@ class DatasetSummary(BaseModel):
     created_at: datetime
 
 
+class StoredTable(BaseModel):
+    """Where the stored table is: an Arrow IPC file in the artifact store."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    uri: str
+    sha256: str
+    size_bytes: int
+
+
 class DatasetRead(DatasetSummary):
     """A dataset with its schema, per-column statistics and first rows."""
+
+    artifact: StoredTable = Field(description="The stored table, as workers read it.")
 
     columns: list[dict[str, str]] = Field(description="name, Arrow type and role of each column.")
     stats: dict[str, dict[str, Any]] = Field(

@@ -8,28 +8,31 @@ from importlib import resources
 from typing import Any, BinaryIO, Protocol
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, undefer
+from sqlalchemy.orm import Session
 
+from app.artifacts import service as artifacts
+from app.artifacts.store import ArtifactStore
 from app.config import Limits
 from app.datasets.ingest import (
     DatasetInputError,
     Ingested,
     IngestOptions,
-    from_ipc,
     ingest_columns,
     ingest_file,
     records_to_columns,
     sha256_of,
-    to_ipc,
 )
 from app.datasets.models import Dataset
+from app.datasets.tables import map_table_file, sample_table_file, write_table_file
 from app.errors import ConflictError, NotFoundError
 from app.pagination import newest_first
 from app.projects import service as projects
-from app.training.data import Table, encode_labels, materialize
+from app.training.data import Table, materialize
 from app.training.spec import DatasetRef, DatasetSpec, Task
 
 
@@ -98,6 +101,7 @@ def _store_once(
     session: Session,
     *,
     reader: Session,
+    store: ArtifactStore,
     project: str,
     sha256: str,
     size_bytes: int,
@@ -108,7 +112,7 @@ def _store_once(
     """The project's dataset for these bytes and options: found again, or ingested and added.
 
     The lookup goes through `reader`, so the write transaction, which holds SQLite's write
-    lock, starts only at the insert, after the long parse.
+    lock, starts only at the insert, after the long parse and the write of the table file.
     """
     fingerprint = _fingerprint(sha256, options)
     existing = _by_fingerprint(reader, project, fingerprint)
@@ -118,7 +122,13 @@ def _store_once(
     # under the project's row lock before the insert, so concurrent uploads cannot pass it.
     _check_storage_quota(reader, project, size_bytes)
     ingested = ingest()
-    _check_storage_quota(session, project, size_bytes, lock=True)
+    with store.staging_file() as path:
+        write_table_file(
+            ingested.table, features=ingested.features, target=options.target, path=path
+        )
+        staged = store.stage(path)
+        _check_storage_quota(session, project, size_bytes, lock=True)
+        artifact = artifacts.record(session=session, store=store, staged=staged)
     dataset = Dataset(
         project=project,
         name=name,
@@ -134,7 +144,7 @@ def _store_once(
         columns=ingested.columns,
         stats=ingested.stats,
         preview=ingested.preview,
-        data=to_ipc(ingested.table),
+        artifact=artifact,
     )
     try:
         with session.begin_nested():
@@ -177,19 +187,22 @@ def store_file(
     *,
     session: Session,
     reader: Session,
+    store: ArtifactStore,
     project: str,
     stream: BinaryIO,
     name: str,
     options: IngestOptions,
     limits: Limits,
+    sha256: str | None = None,
 ) -> tuple[Dataset, bool]:
-    """Store an uploaded CSV or Parquet file; returns the dataset and whether it is new."""
+    """Store an uploaded CSV or Parquet file; `sha256` of its bytes when already known."""
     size_bytes = stream.seek(0, 2)
     return _store_once(
         session,
         reader=reader,
+        store=store,
         project=project,
-        sha256=sha256_of(stream),
+        sha256=sha256 or sha256_of(stream),
         size_bytes=size_bytes,
         name=name,
         options=options,
@@ -201,6 +214,7 @@ def store_json(
     *,
     session: Session,
     reader: Session,
+    store: ArtifactStore,
     project: str,
     name: str,
     options: IngestOptions,
@@ -214,6 +228,7 @@ def store_json(
     return _store_once(
         session,
         reader=reader,
+        store=store,
         project=project,
         sha256=hashlib.sha256(canonical).hexdigest(),
         size_bytes=len(canonical),
@@ -229,7 +244,13 @@ def store_json(
 
 
 def store_builtin(
-    *, session: Session, reader: Session, project: str, name: str, limits: Limits
+    *,
+    session: Session,
+    reader: Session,
+    store: ArtifactStore,
+    project: str,
+    name: str,
+    limits: Limits,
 ) -> tuple[Dataset, bool]:
     """Store a built-in dataset by name (a no-op returning it when already stored)."""
     builtin = BUILTINS.get(name)
@@ -242,6 +263,7 @@ def store_builtin(
         return store_file(
             session=session,
             reader=reader,
+            store=store,
             project=project,
             stream=stream,
             name=name,
@@ -273,8 +295,11 @@ def list_datasets(
 
 def delete_dataset(
     *, session: Session, dataset_id: int, project: str, force: bool, users: DatasetUsers
-) -> None:
-    """Delete a dataset; refused while runs refer to it unless forced (they then fail to run)."""
+) -> str:
+    """Delete a dataset; refused while runs refer to it unless forced (they then fail to run).
+
+    Returns the digest of its stored table, to release once the deletion commits.
+    """
     dataset = get_dataset(session=session, dataset_id=dataset_id, project=project)
     runs = users(session=session, dataset_id=dataset_id)
     if runs and not force:
@@ -285,6 +310,7 @@ def delete_dataset(
         )
     session.execute(delete(Dataset).where(Dataset.id == dataset_id))
     session.expunge(dataset)
+    return dataset.artifact_sha256
 
 
 def _check_ref(dataset: Dataset, ref: DatasetRef, task: Task) -> list[str]:
@@ -324,19 +350,35 @@ def shape_for_run(*, dataset: Dataset, ref: DatasetRef, task: Task) -> tuple[int
     return dataset.n_rows, len(features), len(classes) if classes else 1
 
 
-def load_table(*, session: Session, dataset: DatasetSpec, task: Task) -> Table:
-    """The training table of any dataset spec; a stored one is read from the database."""
+def sample_table(*, store: ArtifactStore, dataset: Dataset, rows: int) -> pa.Table:
+    """At most `rows` evenly spaced rows of a stored dataset, as named columns."""
+    path = store.local_path(dataset.artifact.uri, dataset.artifact_sha256)
+    return sample_table_file(path, rows=rows)
+
+
+def load_table(
+    *, session: Session, store: ArtifactStore, dataset: DatasetSpec, task: Task
+) -> Table:
+    """The training table of any dataset spec; a stored one maps its file from the store.
+
+    The features of a stored table are the mapped file itself (copy-on-write), unless the
+    run picks some of its columns.
+    """
     if not isinstance(dataset, DatasetRef):
         return materialize(dataset, task)
-    stored = session.get(Dataset, dataset.id, options=[undefer(Dataset.data)])
+    stored = session.get(Dataset, dataset.id)
     if stored is None:
         raise DatasetInputError(("dataset", "id"), f"dataset {dataset.id} no longer exists")
     features = _check_ref(stored, dataset, task)
-    table = from_ipc(stored.data)
-    matrix = np.column_stack([table.column(name).to_numpy() for name in features])
-    target = table.column(stored.target)
+    mapped = map_table_file(store.local_path(stored.artifact.uri, stored.artifact_sha256))
+    matrix = mapped.features
+    if features != mapped.feature_names:
+        columns = [mapped.feature_names.index(name) for name in features]
+        matrix = np.ascontiguousarray(matrix[:, columns])
     if task == "classification":
-        targets, classes = encode_labels(target.to_pylist())
+        classes = [label for label, _count in stored.stats[stored.target]["classes"]]
+        indices = pc.index_in(mapped.target, value_set=pa.array(classes, mapped.target.type))
+        targets = torch.from_numpy(indices.to_numpy().astype(np.int64))
         return Table(torch.from_numpy(matrix), targets, classes=classes, feature_names=features)
-    values = torch.from_numpy(target.to_numpy().astype(np.float32))
-    return Table(torch.from_numpy(matrix), values, feature_names=features)
+    values = mapped.target.to_numpy(zero_copy_only=False).astype(np.float32)
+    return Table(torch.from_numpy(matrix), torch.from_numpy(values), feature_names=features)

@@ -6,6 +6,8 @@ from typing import Protocol, cast
 
 from sqlalchemy.orm import Session
 
+from app.artifacts import service as artifacts
+from app.artifacts.store import ArtifactStore
 from app.audit import service as audit
 from app.config import Settings
 from app.database import Database, unit_of_work
@@ -171,11 +173,20 @@ def resume_run(
     return run
 
 
-def delete_run(*, database: Database, run_id: int, events: RunEvents, principal: Principal) -> None:
-    """Delete a run that is not executing, unless another part refuses; then let it forget."""
+def delete_run(
+    *,
+    database: Database,
+    store: ArtifactStore,
+    run_id: int,
+    events: RunEvents,
+    principal: Principal,
+) -> None:
+    """Delete a run that is not executing, unless another part refuses; then let it forget,
+    and free its checkpoint and weights."""
     with unit_of_work(database.sessions) as session:
         service.get_run(session=session, run_id=run_id, project=principal.project)
         events.deleting(session=session, run_id=run_id)
-        service.delete_run(session=session, run_id=run_id, project=principal.project)
+        stored = service.delete_run(session=session, run_id=run_id, project=principal.project)
         audit.record(session=session, principal=principal, action="run.delete", object_id=run_id)
     events.deleted(run_id)
+    artifacts.release(database=database, store=store, sha256s=stored)

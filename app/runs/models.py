@@ -4,9 +4,10 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, ForeignKey, Index, LargeBinary, String, Text, UniqueConstraint
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy import JSON, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column, relationship
 
+from app.artifacts.models import Artifact
 from app.database import Base, UTCDateTime, utcnow
 
 
@@ -161,7 +162,10 @@ class Epoch(Base):
 
 
 class Checkpoint(Base):
-    """The latest resumable training state of a run (safetensors tensors + JSON state)."""
+    """The latest resumable training state of a run (safetensors tensors + JSON state).
+
+    The tensors are an object in the artifact store; RESTRICT keeps it while named.
+    """
 
     __tablename__ = "checkpoints"
 
@@ -169,18 +173,19 @@ class Checkpoint(Base):
     attempt: Mapped[int]
     epoch: Mapped[int]
     batch: Mapped[int]
-    tensors: Mapped[bytes] = mapped_column(LargeBinary)
+    tensors_sha256: Mapped[str] = mapped_column(ForeignKey("artifacts.sha256"), index=True)
+    tensors: Mapped[Artifact] = relationship(lazy="joined")
     state: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class Weights(Base):
-    """The final learned weights of a run as a safetensors file and its sha256."""
+    """The final learned weights of a run: a safetensors file in the artifact store."""
 
     __tablename__ = "weights"
 
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
-    data: Mapped[bytes] = mapped_column(LargeBinary)
-    sha256: Mapped[str] = mapped_column(String(64))
+    sha256: Mapped[str] = mapped_column(ForeignKey("artifacts.sha256"), index=True)
+    artifact: Mapped[Artifact] = relationship(lazy="joined")
     size_bytes: Mapped[int]
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

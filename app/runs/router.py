@@ -5,6 +5,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Response, status
 
 from app.access import TrainAccess
+from app.artifacts.dependencies import ArtifactStoreDep
 from app.dependencies import DatabaseDep, ReadSessionDep, SettingsDep
 from app.error_handlers import ERROR_RESPONSES
 from app.errors import InvalidInputError
@@ -156,14 +157,16 @@ def list_epochs(run_id: Id, session: ReadSessionDep, principal: TrainAccess) -> 
 def get_weights(
     run_id: Id,
     session: ReadSessionDep,
+    store: ArtifactStoreDep,
     principal: TrainAccess,
     format: Annotated[str, Query(pattern="^(json|safetensors)$")] = "json",
 ) -> WeightsRead | Response:
     """The learned weights as JSON, or `?format=safetensors` for the file."""
     weights = service.get_weights(session=session, run_id=run_id, project=principal.project)
+    data = store.read_bytes(weights.artifact.uri)
     if format == "safetensors":
         return Response(
-            weights.data,
+            data,
             media_type="application/octet-stream",
             headers={
                 "Content-Disposition": f'attachment; filename="run-{run_id}.safetensors"',
@@ -174,7 +177,7 @@ def get_weights(
         run_id=run_id,
         sha256=weights.sha256,
         size_bytes=weights.size_bytes,
-        tensors=tensors_as_json(weights.data),
+        tensors=tensors_as_json(data),
     )
 
 
@@ -208,7 +211,13 @@ def resume_run(
 
 @router.delete("/{run_id}", status_code=status.HTTP_204_NO_CONTENT)
 def delete_run(
-    run_id: Id, database: DatabaseDep, events: RunEventsDep, principal: TrainAccess
+    run_id: Id,
+    database: DatabaseDep,
+    store: ArtifactStoreDep,
+    events: RunEventsDep,
+    principal: TrainAccess,
 ) -> None:
     """Delete a run that is not executing nor a registered model version, with its data."""
-    flows.delete_run(database=database, run_id=run_id, events=events, principal=principal)
+    flows.delete_run(
+        database=database, store=store, run_id=run_id, events=events, principal=principal
+    )

@@ -19,6 +19,7 @@ from app.projects import service as projects
 from app.projects.models import Project
 from app.runs.models import (
     RESUMABLE_STATUSES,
+    Checkpoint,
     Epoch,
     EventKind,
     Run,
@@ -508,9 +509,16 @@ def _check_new_length(spec: dict[str, Any], epochs: int) -> None:
         raise SpecLimitError(("epochs",), "a onecycle schedule keeps the length it started with")
 
 
-def delete_run(*, session: Session, run_id: int, project: str) -> None:
-    """Delete a run that no worker is executing, with its epochs, checkpoint and weights."""
+def delete_run(*, session: Session, run_id: int, project: str) -> list[str]:
+    """Delete a run that no worker is executing, with its epochs, checkpoint and weights.
+
+    Returns the digests of its checkpoint and weights, to release once the deletion commits.
+    """
     run = get_run(session=session, run_id=run_id, project=project)
+    stored = [
+        *session.scalars(select(Checkpoint.tensors_sha256).where(Checkpoint.run_id == run_id)),
+        *session.scalars(select(Weights.sha256).where(Weights.run_id == run_id)),
+    ]
     result = session.execute(
         delete(Run)
         .where(Run.id == run_id, Run.status.not_in((RunStatus.RUNNING, RunStatus.CANCELLING)))
@@ -519,3 +527,4 @@ def delete_run(*, session: Session, run_id: int, project: str) -> None:
     if result.rowcount == 0:
         raise RunStateError(f"run {run_id} is {run.status}; cancel it first")
     session.expunge(run)
+    return stored

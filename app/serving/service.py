@@ -12,6 +12,8 @@ import torch
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.artifacts.models import Artifact
+from app.artifacts.store import ArtifactStore
 from app.config import Settings
 from app.errors import InvalidInputError, Loc
 from app.registry import service as registry
@@ -60,6 +62,7 @@ class Serving:
     models: ModelCache
     names: NameCache
     sessions: sessionmaker[Session]
+    store: ArtifactStore
     settings: Settings
 
 
@@ -72,24 +75,28 @@ class Prediction:
     probabilities: list[list[float]] | None = None
 
 
-def load_model(*, session: Session, run_id: int, project: str, device: str) -> LoadedModel:
-    """Read the project's run's weights from the database and build its module."""
+def load_model(
+    *, session: Session, store: ArtifactStore, run_id: int, project: str, device: str
+) -> LoadedModel:
+    """Read the project's run's weights from the artifact store and build its module."""
     row = session.execute(
-        select(Run.status, Weights.data, Weights.sha256)
+        select(Run.status, Weights.sha256, Artifact.uri)
         .outerjoin(Weights, Weights.run_id == Run.id)
+        .outerjoin(Artifact, Artifact.sha256 == Weights.sha256)
         .where(Run.id == run_id, Run.project == project)
     ).one_or_none()
     if row is None:
         raise RunNotFoundError(run_id)
-    if row.data is None:
+    if row.uri is None:
         raise RunStateError(f"run {run_id} has no weights yet (status {row.status})")
+    data = store.read_bytes(row.uri)
     return LoadedModel(
         run_id=run_id,
         project=project,
         sha256=row.sha256,
-        module=import_weights(row.data, device=device),
-        architecture=read_architecture(row.data),
-        size_bytes=len(row.data),
+        module=import_weights(data, device=device),
+        architecture=read_architecture(data),
+        size_bytes=len(data),
         device=device,
     )
 
@@ -101,6 +108,7 @@ def cache_model(*, serving: Serving, run_id: int, project: str) -> LoadedModel:
         generation = registry.current_generation(session=session)
         model = load_model(
             session=session,
+            store=serving.store,
             run_id=run_id,
             project=project,
             device=serving.settings.predict_device,

@@ -33,8 +33,8 @@ from app.access import (
     authenticator,
     same_origin,
 )
+from app.artifacts.dependencies import ArtifactStoreDep
 from app.datasets import service as datasets_service
-from app.datasets.ingest import from_ipc
 from app.dependencies import DatabaseDep, ReadSessionDep, SettingsDep
 from app.errors import FitserveError, ForbiddenError, InvalidInputError, UnauthorizedError
 from app.ids import MAX_ID, Id
@@ -54,7 +54,8 @@ from app.worker.models import WorkerRecord
 HERE = Path(__file__).parent
 STATIC_PATH = "/ui/static"
 LIST_LIMIT = 100
-PREVIEW_ROWS = 20
+# Rows a dataset page draws its histograms from, evenly spaced over the table.
+HISTOGRAM_SAMPLE_ROWS = 100_000
 SORTS = {
     "-created_at": "newest first",
     "created_at": "oldest first",
@@ -495,22 +496,28 @@ def datasets_page(
 
 @router.get("/ui/datasets/{dataset_id}")
 def dataset_page(
-    request: Request, dataset_id: Id, session: ReadSessionDep, principal: TrainAccess
+    request: Request,
+    dataset_id: Id,
+    session: ReadSessionDep,
+    store: ArtifactStoreDep,
+    principal: TrainAccess,
 ) -> HTMLResponse:
     """A dataset's schema, statistics, first rows and a histogram per column."""
     dataset = datasets_service.get_dataset(
         session=session, dataset_id=dataset_id, project=principal.project
     )
-    table = from_ipc(dataset.data)
+    # A sample keeps the page quick on a table of millions of rows.
+    sample = datasets_service.sample_table(store=store, dataset=dataset, rows=HISTOGRAM_SAMPLE_ROWS)
     return _page(
         request,
         "dataset.html",
         {
             "principal": principal,
             "dataset": dataset,
-            "preview_columns": table.column_names,
-            "preview": table.slice(0, PREVIEW_ROWS).to_pylist(),
-            "histograms": histograms(table),
+            "preview_columns": [*dataset.features, dataset.target],
+            "preview": dataset.preview,
+            "histograms": histograms(sample),
+            "sampled_rows": sample.num_rows,
         },
     )
 

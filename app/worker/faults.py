@@ -43,6 +43,13 @@ class FaultInjector:
         ):
             raise torch.OutOfMemoryError("CUDA out of memory (injected by FITSERVE_TEST_FAULTS)")
 
+    def before_commit(self, epoch: int) -> None:
+        """Die between publishing the epoch's checkpoint object and committing its rows."""
+        faults = self._faults
+        if faults.kill_before_commit_at_epoch == epoch and self._attempt <= faults.kill_on_attempts:
+            logger.warning("test fault: killing worker pid %s before commit", os.getpid())
+            os.kill(os.getpid(), signal.SIGKILL)
+
     def after_epoch(self, epoch: int, interrupted: Callable[[], bool]) -> None:
         """Pause at a named point until the test says so; or linger, to make a run long."""
         faults = self._faults

@@ -18,6 +18,8 @@ from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from app.artifacts import service as artifacts
+from app.artifacts.store import ArtifactStore, StagedObject, open_store
 from app.config import RunFaults, Settings
 from app.database import Database, unit_of_work, utcnow
 from app.datasets.service import load_table
@@ -104,6 +106,7 @@ class Worker:
         self.database = Database.connect(
             settings.database_url, sqlite_busy_timeout=settings.sqlite_busy_timeout_seconds
         )
+        self.store = open_store(settings.service)
         self.stop_requested = threading.Event()
         self._wake = threading.Event()
         self._idle = threading.Event()
@@ -195,7 +198,10 @@ class Worker:
 
     def _context(self) -> "ExecutionContext":
         return ExecutionContext(
-            settings=self.settings, database=self.database, stopping=self.stop_requested
+            settings=self.settings,
+            database=self.database,
+            store=self.store,
+            stopping=self.stop_requested,
         )
 
     def _register(self) -> None:
@@ -274,10 +280,11 @@ class Worker:
 
 @dataclass(frozen=True)
 class ExecutionContext:
-    """What one attempt needs from its worker: settings, the database and the stop signal."""
+    """What one attempt needs from its worker: settings, storage and the stop signal."""
 
     settings: WorkerSettings
     database: Database
+    store: ArtifactStore
     stopping: threading.Event
 
 
@@ -291,6 +298,8 @@ class RunExecution:
             context.settings.test_faults.get(claim.run_id), attempt=claim.attempt
         )
         self.checkpoint_every = 1
+        # Digests of the objects a transaction replaced, released once it commits.
+        self._replaced: list[str] = []
         self.cancel_requested = threading.Event()
         self.prune_requested = threading.Event()
         self._pruning: Callable[[int], bool] | None = None
@@ -385,17 +394,30 @@ class RunExecution:
                 time.sleep(delay)
                 delay = min(delay * 2, MAX_RETRY_DELAY_SECONDS)
 
+    def _storing(self, data: bytes, work: Callable[[Session, StagedObject], T]) -> T:
+        """Stage `data` as an object, run `work` with it in one transaction, then release
+        the objects the transaction replaced."""
+        store = self.context.store
+        self._replaced = []
+        with store.staged_bytes(data) as staged:
+            result = self._transaction(lambda session: work(session, staged))
+        # A release checks under the digest's lock that no row names the object any more,
+        # so a digest noted by an attempt that rolled back is left alone.
+        artifacts.release(database=self.context.database, store=store, sha256s=self._replaced)
+        return result
+
     def _execute(self) -> None:
         spec = self._spec()
         self.checkpoint_every = spec.checkpoint_every
         device = self._torch_device()
         run_id = self.claim.run_id
+        store = self.context.store
 
         def read(session: Session) -> tuple[Table, CheckpointBlob | None]:
-            table = load_table(session=session, dataset=spec.dataset, task=spec.task)
-            return table, records.load_checkpoint(session=session, run_id=run_id)
+            table = load_table(session=session, store=store, dataset=spec.dataset, task=spec.task)
+            return table, records.load_checkpoint(session=session, store=store, run_id=run_id)
 
-        # Decoding a stored dataset can take a while: not under SQLite's write lock.
+        # Fetching a stored dataset can take a while: not under SQLite's write lock.
         table, checkpoint = self._transaction(read, read=True)
         trainer = Trainer(spec=spec, table=table, device=device)
         if checkpoint is not None:
@@ -432,7 +454,7 @@ class RunExecution:
             metrics = _final_metrics(report, outcome) if report else None
             errors = estimation_error(trainer)
 
-            def succeed(session: Session) -> None:
+            def succeed(session: Session, staged: StagedObject) -> None:
                 queue.finish(
                     session=session,
                     claim=self.claim,
@@ -440,9 +462,12 @@ class RunExecution:
                     metrics=metrics,
                     estimation_error=errors,
                 )
-                records.save_weights(session=session, run_id=run_id, weights=weights)
+                replaced = records.save_weights(
+                    session=session, store=self.context.store, run_id=run_id, weights=staged
+                )
+                self._replaced.extend([replaced] if replaced else [])
 
-            self._transaction(succeed)
+            self._storing(weights.data, succeed)
         elif outcome.status in ("diverged", "timeout"):
             kind = FailureKind.DIVERGED if outcome.status == "diverged" else FailureKind.TIMEOUT
             self._transaction(
@@ -461,13 +486,11 @@ class RunExecution:
         else:
             blob = trainer.checkpoint()
 
-            def stop(session: Session) -> None:
+            def stop(session: Session, staged: StagedObject) -> None:
                 queue.fence(
                     session=session, claim=self.claim, epochs_done=blob.state["progress"]["epoch"]
                 )
-                records.save_checkpoint(
-                    session=session, run_id=run_id, attempt=self.claim.attempt, blob=blob
-                )
+                self._save_checkpoint(session, blob, staged)
                 if self.cancel_requested.is_set():
                     queue.finish(session=session, claim=self.claim, status=RunStatus.CANCELLED)
                 elif self.prune_requested.is_set():
@@ -475,7 +498,7 @@ class RunExecution:
                 else:
                     queue.hand_back(session=session, claim=self.claim)
 
-            self._transaction(stop)
+            self._storing(blob.tensors, stop)
 
     def _heartbeat(self) -> None:
         settings = self.context.settings
@@ -528,9 +551,14 @@ class RunExecution:
         """Write the epoch row, with a checkpoint when one is due, in one transaction."""
         due = report.epoch % self.checkpoint_every == 0 or report.epoch == trainer.spec.epochs
         try:
-            status = self._transaction(
-                lambda session: self._record_epoch(session, report, trainer, due)
-            )
+            if due:
+                blob = trainer.checkpoint()
+                status = self._storing(
+                    blob.tensors,
+                    lambda session, staged: self._record_epoch(session, report, (blob, staged)),
+                )
+            else:
+                status = self._transaction(lambda session: self._record_epoch(session, report))
         except queue.FencedError:
             self._raise_attention(self.fenced)
             return
@@ -553,21 +581,33 @@ class RunExecution:
             return False
 
     def _record_epoch(
-        self, session: Session, report: EpochReport, trainer: Trainer, due: bool
+        self,
+        session: Session,
+        report: EpochReport,
+        checkpoint: tuple[CheckpointBlob, StagedObject] | None = None,
     ) -> str:
         status = queue.fence(session=session, claim=self.claim, epochs_done=report.epoch)
-        if due:
-            records.save_checkpoint(
-                session=session,
-                run_id=self.claim.run_id,
-                attempt=self.claim.attempt,
-                blob=trainer.checkpoint(),
-            )
+        if checkpoint is not None:
+            self._save_checkpoint(session, *checkpoint)
+            self.faults.before_commit(report.epoch)
         # Last: its event takes the project's event lock (PostgreSQL), held until commit.
         records.add_epoch(
             session=session, run_id=self.claim.run_id, attempt=self.claim.attempt, report=report
         )
         return status
+
+    def _save_checkpoint(
+        self, session: Session, blob: CheckpointBlob, staged: StagedObject
+    ) -> None:
+        replaced = records.save_checkpoint(
+            session=session,
+            store=self.context.store,
+            run_id=self.claim.run_id,
+            attempt=self.claim.attempt,
+            state=blob.state,
+            tensors=staged,
+        )
+        self._replaced.extend([replaced] if replaced else [])
 
 
 def _final_metrics(report: EpochReport, outcome: Outcome) -> dict[str, Any]:

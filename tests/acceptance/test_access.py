@@ -12,7 +12,15 @@ import pytest
 
 from app.config import Settings
 from app.main import create_app
-from tests.helpers import D2L_SPEC, ApiProcess, ApiServer, LocalWorkers, wait_for, wait_until
+from tests.helpers import (
+    D2L_SPEC,
+    ApiProcess,
+    ApiServer,
+    LocalWorkers,
+    storage_env,
+    wait_for,
+    wait_until,
+)
 
 COLUMNS = {"x": [1.0, 2.0, 3.0, 4.0], "y": [2.0, 4.0, 6.0, 8.1]}
 
@@ -265,7 +273,7 @@ def test_keys_create_prints_the_key_alone_on_the_last_line(secured, settings: Se
     fitserve = Path(sys.executable).with_name("fitserve")
     created = subprocess.run(
         [str(fitserve), "keys", "create", "--project", "cli", "--role", "train", "--label", "ci"],
-        env={"FITSERVE_DATABASE_URL": settings.database_url, "PATH": "/usr/bin:/bin"},
+        env={**storage_env(settings), "PATH": "/usr/bin:/bin"},
         capture_output=True,
         text=True,
         check=True,

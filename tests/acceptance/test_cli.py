@@ -15,7 +15,7 @@ import yaml
 from app.config import Settings
 from app.main import create_app
 from fitserve_client import Client
-from tests.helpers import D2L_SPEC, ApiServer, LocalWorkers
+from tests.helpers import D2L_SPEC, ApiServer, LocalWorkers, storage_env
 
 FITSERVE = Path(sys.executable).with_name("fitserve")
 IRIS = Path(str(resources.files("app.datasets").joinpath("builtin", "iris.csv")))
@@ -200,7 +200,7 @@ def test_user_commands_do_not_import_the_server_stack(api: ApiServer):
 
 def test_keys_from_the_environment_or_the_option(settings: Settings):
     app = create_app(settings.model_copy(update={"auth": "required"}))
-    env = {"FITSERVE_DATABASE_URL": settings.database_url, "PATH": "/usr/bin:/bin"}
+    env = {**storage_env(settings), "PATH": "/usr/bin:/bin"}
     made = subprocess.run(
         [str(FITSERVE), "keys", "create", "--project", "cli", "--role", "predict"],
         env=env,

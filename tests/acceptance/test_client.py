@@ -318,6 +318,7 @@ NESTED: list[tuple[str, type[BaseModel]]] = [
     ("Progress", models.Progress),
     ("TensorRead", models.Tensor),
     ("TrialRead", models.Trial),
+    ("StoredTable", models.StoredTable),
 ]
 
 

@@ -32,6 +32,7 @@ from tests.helpers import (
     free_port,
     long_spec,
     post_run,
+    storage_env,
     wait_for,
     wait_until,
 )
@@ -61,7 +62,7 @@ class WorkerCommand:
     ) -> subprocess.Popen[bytes]:
         env = {
             **os.environ,
-            "FITSERVE_DATABASE_URL": self.settings.database_url,
+            **storage_env(self.settings),
             "FITSERVE_DEVICES": ",".join(["cpu"] * slots),
             "FITSERVE_LEASE_SECONDS": str(self.settings.lease_seconds),
             "FITSERVE_SQLITE_BUSY_TIMEOUT_SECONDS": str(self.settings.sqlite_busy_timeout_seconds),

@@ -12,6 +12,7 @@ import pytest
 import torch
 from sqlalchemy.orm import Session
 
+from app.artifacts.store import ArtifactStore
 from app.database import make_engine
 from app.runs import records
 from app.runs import service as runs
@@ -49,7 +50,7 @@ def session(database_url: str) -> Iterator[Session]:
 
 
 @pytest.fixture
-def succeeded_run(session: Session) -> SuccessfulRun:
+def succeeded_run(session: Session, store: ArtifactStore) -> SuccessfulRun:
     """Insert a run that trained here, on CPU, with its weights: `succeeded_run(spec_changes)`."""
 
     def make(**changes: Any) -> Run:
@@ -65,11 +66,9 @@ def succeeded_run(session: Session) -> SuccessfulRun:
         run.attempt = 1
         run.epochs_done = outcome.epoch
         session.flush()
-        records.save_weights(
-            session=session,
-            run_id=run.id,
-            weights=export_weights(trainer.module, trainer.architecture),
-        )
+        weights = export_weights(trainer.module, trainer.architecture)
+        with store.staged_bytes(weights.data) as staged:
+            records.save_weights(session=session, store=store, run_id=run.id, weights=staged)
         return run
 
     return make

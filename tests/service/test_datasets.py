@@ -3,6 +3,7 @@
 import pytest
 from sqlalchemy.orm import Session
 
+from app.artifacts.store import ArtifactStore
 from app.config import Limits
 from app.datasets import service as datasets
 from app.datasets.ingest import DatasetInputError, IngestOptions
@@ -14,9 +15,10 @@ from app.training.spec import RunRequest
 COLUMNS = {"x": [0.0, 1.0, 2.0, 3.0], "label": ["a", "b", "a", "b"]}
 
 
-def _stored(session: Session) -> int:
+def _stored(session: Session, store: ArtifactStore) -> int:
     dataset, created = datasets.store_json(
         session=session,
+        store=store,
         project="default",
         reader=session,
         name="tiny",
@@ -41,8 +43,10 @@ def _queued_on(session: Session, dataset_id: int) -> int:
     return run.id
 
 
-def test_a_dataset_in_use_is_kept_unless_forced_and_its_runs_let_go(session: Session):
-    dataset_id = _stored(session)
+def test_a_dataset_in_use_is_kept_unless_forced_and_its_runs_let_go(
+    session: Session, store: ArtifactStore
+):
+    dataset_id = _stored(session, store)
     run_ids = [_queued_on(session, dataset_id) for _ in range(2)]
     users = runs.runs_using_dataset
     assert users(session=session, dataset_id=dataset_id) == run_ids
@@ -66,8 +70,10 @@ def test_a_dataset_in_use_is_kept_unless_forced_and_its_runs_let_go(session: Ses
     assert users(session=session, dataset_id=dataset_id) == []
 
 
-def test_a_run_names_a_missing_dataset_or_column_by_its_location(session: Session):
-    dataset_id = _stored(session)
+def test_a_run_names_a_missing_dataset_or_column_by_its_location(
+    session: Session, store: ArtifactStore
+):
+    dataset_id = _stored(session, store)
     cases = [
         ({"id": dataset_id + 1000, "target": "label"}, ("body", "dataset", "id")),
         ({"id": dataset_id, "target": "x"}, ("body", "dataset", "target")),

@@ -5,6 +5,7 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy.orm import Session
 
+from app.artifacts.store import ArtifactStore
 from app.config import Settings
 from app.database import Database
 from app.errors import ConflictError
@@ -47,7 +48,7 @@ def test_submit_wakes_a_worker_only_for_a_new_run(database: Database, settings: 
 
 
 def test_a_refused_delete_commits_nothing_and_forgets_nothing(
-    database: Database, settings: Settings
+    database: Database, settings: Settings, store: ArtifactStore
 ):
     forgotten: list[int] = []
 
@@ -65,12 +66,15 @@ def test_a_refused_delete_commits_nothing_and_forgets_nothing(
     flows.cancel_run(database=database, run_id=run.id, principal=OPEN_ACCESS)
     refusing = RunEvents(deleting=refuse, deleted=forgotten.append)
     with pytest.raises(ConflictError, match="wanted elsewhere"):
-        flows.delete_run(database=database, run_id=run.id, events=refusing, principal=OPEN_ACCESS)
+        flows.delete_run(
+            database=database, store=store, run_id=run.id, events=refusing, principal=OPEN_ACCESS
+        )
     assert forgotten == []
     with database.read_sessions() as session:
         assert runs.get_run(session=session, run_id=run.id, project="default").status == "cancelled"
     flows.delete_run(
         database=database,
+        store=store,
         run_id=run.id,
         events=RunEvents(deleted=forgotten.append),
         principal=OPEN_ACCESS,

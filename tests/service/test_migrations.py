@@ -1,16 +1,38 @@
 """Migrations build the schema the models describe, keep the rows they find, and go back."""
 
+import hashlib
 import json
+import uuid
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.ipc as ipc
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import Engine, inspect, text
 
+from app.artifacts.store import open_store
 from app.cli import downgrade_database, upgrade_database
 from app.config import Settings
 from app.database import Base, make_engine
+from app.datasets.tables import map_table_file
+from tests.helpers import S3_BUCKET
+
+WEIGHTS = b"safetensors bytes"
+TENSORS = b"checkpoint tensors"
+TABLE = pa.table(
+    {"a": pa.array([1, 2], pa.float32()), "b": pa.array([3, 4], pa.float32()), "y": [0.5, 1.5]}
+)
+
+
+def _column_stream(table: pa.Table) -> bytes:
+    """A dataset as revision 0002 stored it: an Arrow IPC stream of its columns."""
+    sink = pa.BufferOutputStream()
+    with ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
 
 TABLES = {
     "runs",
@@ -30,6 +52,7 @@ TABLES = {
     "run_tags",
     "sweeps",
     "sweep_trials",
+    "artifacts",
     "alembic_version",
 }
 
@@ -99,8 +122,23 @@ def _insert_run(engine: Engine, run_id: int, spec: dict) -> None:
     )
 
 
-def test_rows_written_at_each_revision_survive_upgrades_and_downgrades(scratch_url: str):
-    settings = Settings(database_url=scratch_url)
+@pytest.fixture(params=["local", "s3"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Where 0008 moves the blobs: a directory, or a prefix in moto's S3."""
+    if request.param == "local":
+        return str(tmp_path / "store")
+    request.getfixturevalue("s3_endpoint")
+    return f"s3://{S3_BUCKET}/{uuid.uuid4().hex}"
+
+
+def test_rows_written_at_each_revision_survive_upgrades_and_downgrades(
+    scratch_url: str, store_url: str, tmp_path: Path
+):
+    settings = Settings(
+        database_url=scratch_url,
+        artifacts=store_url,
+        artifact_cache_dir=str(tmp_path / "cache"),
+    )
     engine = make_engine(scratch_url)
     on_dataset = {"dataset": {"type": "dataset", "id": 1, "target": "y"}, "epochs": 1}
     try:
@@ -111,8 +149,15 @@ def test_rows_written_at_each_revision_survive_upgrades_and_downgrades(scratch_u
         _insert(
             engine,
             "INSERT INTO weights (run_id, data, sha256, size_bytes, created_at) "
-            "VALUES (1, :data, 'w', 1, CURRENT_TIMESTAMP)",
-            data=b"w",
+            "VALUES (1, :data, :sha256, 1, CURRENT_TIMESTAMP)",
+            data=WEIGHTS,
+            sha256=hashlib.sha256(WEIGHTS).hexdigest(),
+        )
+        _insert(
+            engine,
+            "INSERT INTO checkpoints (run_id, attempt, epoch, batch, tensors, state, created_at) "
+            "VALUES (1, 1, 1, 0, :data, '{}', CURRENT_TIMESTAMP)",
+            data=TENSORS,
         )
         # 0002: a dataset and a run on it.
         upgrade_database(settings, "0002")
@@ -120,9 +165,9 @@ def test_rows_written_at_each_revision_survive_upgrades_and_downgrades(scratch_u
             engine,
             "INSERT INTO datasets (id, name, sha256, fingerprint, format, size_bytes, task, "
             "target, features, missing, n_rows, columns, stats, preview, data, created_at) "
-            "VALUES (1, 'd', 'a', 'f', 'csv', 1, 'regression', 'y', '[]', 'error', 1, '[]', "
-            "'{}', '[]', :data, CURRENT_TIMESTAMP)",
-            data=b"x",
+            "VALUES (1, 'd', 'a', 'f', 'csv', 1, 'regression', 'y', '[\"a\", \"b\"]', "
+            "'error', 2, '[]', '{}', '[]', :data, CURRENT_TIMESTAMP)",
+            data=_column_stream(TABLE),
         )
         _insert_run(engine, 3, on_dataset)
         # 0003: a registered version of run 1.
@@ -140,6 +185,31 @@ def test_rows_written_at_each_revision_survive_upgrades_and_downgrades(scratch_u
 
         upgrade_database(settings)
         _assert_matches_models(scratch_url)
+        # 0008: the blobs are objects in the store, named by digest; the table maps.
+        store = open_store(settings)
+        (uri, sha256), *_ = _rows(
+            engine,
+            "SELECT uri, datasets.artifact_sha256 FROM datasets "
+            "JOIN artifacts ON artifacts.sha256 = datasets.artifact_sha256",
+        )
+        mapped = map_table_file(store.local_path(uri, sha256))
+        assert mapped.features.tolist() == [[1.0, 3.0], [2.0, 4.0]]
+        assert mapped.target.to_pylist() == [0.5, 1.5]
+        for blob, query in (
+            (WEIGHTS, "SELECT uri FROM weights JOIN artifacts USING (sha256)"),
+            (
+                TENSORS,
+                "SELECT uri FROM checkpoints "
+                "JOIN artifacts ON artifacts.sha256 = checkpoints.tensors_sha256",
+            ),
+        ):
+            assert store.read_bytes(_rows(engine, query)[0][0]) == blob
+        downgrade_database(settings, "0007")
+        assert _rows(engine, "SELECT data FROM weights")[0][0] == WEIGHTS
+        assert _rows(engine, "SELECT tensors FROM checkpoints")[0][0] == TENSORS
+        stream = bytes(_rows(engine, "SELECT data FROM datasets")[0][0])
+        assert ipc.open_stream(pa.py_buffer(stream)).read_all().equals(TABLE)
+        upgrade_database(settings)
         # A run on a stored dataset points at it; one whose dataset is gone points nowhere.
         assert _rows(engine, "SELECT id, dataset_id FROM runs ORDER BY id") == [
             (1, None),
