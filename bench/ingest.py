@@ -1,28 +1,51 @@
-"""Ingest a ~100 MB numeric CSV through the API and compare with pandas.read_csv on the same file.
+"""Ingest a ~100 MB numeric CSV through the API and compare with pandas, pyarrow and polars.
 
-Run from the repository root: `.venv/bin/python bench/ingest.py [--megabytes 100]`.
-pandas is not a dependency of fitserve: `.venv/bin/pip install pandas` first.
-Prints a markdown table: rows/s of the upload (end to end, over HTTP, stored in SQLite) and of
-pandas.read_csv, and the API process's peak RSS (VmHWM) against the file size.
+Run from the repository root: `.venv/bin/python bench/ingest.py [--megabytes 100] [--samples 3]
+[--seed 1]`. pandas and polars are not dependencies of fitserve: `.venv/bin/pip install pandas
+polars` first (the dev extra has them).
+
+Every sample runs in a fresh process, in a seeded random order: an upload in a new `fitserve api`
+on a new SQLite file (so no upload is a deduplicated one), each library's `read_csv` in a child
+process of its own. Each process first handles a tiny file (a warm-up upload or read), so lazy
+imports and set-up are not timed. Time is wall clock, the upload's as the client sees it (HTTP,
+spooling, sha256, parse, checks, statistics, storing). Memory is the growth of the process's
+peak RSS (VmHWM, reset through /proc/PID/clear_refs) over its resident size just before the
+timed operation.
 """
 
 import argparse
+import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
+from common import (
+    Spread,
+    child_pid,
+    environment,
+    free_port,
+    reset_peak,
+    sample_order,
+    status_bytes,
+    version,
+)
 
 FEATURES = 10
 BIN = Path(sys.executable).parent
+UPLOADS = ("fitserve upload, file as body", "fitserve upload, multipart (as curl -F)")
+LIBRARIES = {
+    "pandas": "pandas.read_csv",
+    "pyarrow": "pyarrow.csv.read_csv",
+    "polars": "polars.read_csv",
+}
 
 
 def write_csv(path: Path, megabytes: int) -> int:
@@ -38,32 +61,6 @@ def write_csv(path: Path, megabytes: int) -> int:
     return rows
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def child_pid(pid: int) -> int:
-    """`fitserve api` runs uvicorn in a spawned child process; that child is the API."""
-    children = Path(f"/proc/{pid}/task/{pid}/children")
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        for child in children.read_text().split():
-            if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
-                return int(child)
-        time.sleep(0.1)
-    raise RuntimeError("the API process did not start")
-
-
-def peak_rss(pid: int) -> int:
-    """VmHWM of a process in bytes."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmHWM")
-
-
 def chunks(path: Path) -> Iterator[bytes]:
     """The file in 1 MiB pieces, so httpx sends it chunked with no Content-Length."""
     with path.open("rb") as stream:
@@ -71,100 +68,167 @@ def chunks(path: Path) -> Iterator[bytes]:
             yield chunk
 
 
-def upload_raw(client: httpx.Client, path: Path, rows: int) -> float:
-    """Seconds to POST the file as the body (options in the query)."""
-    started = time.perf_counter()
-    response = client.post(
+def upload_raw(client: httpx.Client, path: Path) -> httpx.Response:
+    """POST the file as the body (options in the query)."""
+    return client.post(
         "/datasets",
         params={"target": "y"},
         content=chunks(path),
         headers={"content-type": "text/csv"},
     )
-    seconds = time.perf_counter() - started
-    response.raise_for_status()
-    assert response.json()["n_rows"] == rows, response.text
-    return seconds
 
 
-def upload_multipart(client: httpx.Client, path: Path, rows: int) -> float:
-    """Seconds to POST the file as multipart/form-data (as `curl -F` does), other options."""
+def upload_multipart(client: httpx.Client, path: Path) -> httpx.Response:
+    """POST the file as multipart/form-data (as `curl -F` does), with other options."""
     with path.open("rb") as stream:
-        started = time.perf_counter()
-        response = client.post(
+        return client.post(
             "/datasets",
             files={"file": ("numbers.csv", stream, "text/csv")},
             data={"target": "y", "missing": "drop"},
         )
-        seconds = time.perf_counter() - started
+
+
+def measure_upload(
+    upload: Callable[[httpx.Client, Path], httpx.Response], path: Path, rows: int, scratch: Path
+) -> dict[str, float]:
+    """Seconds and peak RSS growth of one upload into a fresh API on a fresh database."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "FITSERVE_DATABASE_URL": f"sqlite:///{scratch}/bench.db",
+        "FITSERVE_PORT": str(port),
+    }
+    subprocess.run([BIN / "fitserve", "db", "upgrade"], env=env, check=True, capture_output=True)
+    server = subprocess.Popen([BIN / "fitserve", "api"], env=env, stderr=subprocess.DEVNULL)
+    try:
+        api_pid = child_pid(server.pid)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=600) as client:
+            while True:
+                try:
+                    client.get("/healthz")
+                    break
+                except httpx.TransportError:
+                    time.sleep(0.2)
+            # Warm up: the first upload imports and allocates what every later one reuses.
+            warm = client.post(
+                "/datasets", files={"file": ("w.csv", b"a,y\n1,2\n3,4\n")}, data={"target": "y"}
+            )
+            warm.raise_for_status()
+            before = reset_peak(api_pid)
+            started = time.perf_counter()
+            response = upload(client, path)
+            seconds = time.perf_counter() - started
+            peak = status_bytes(api_pid, "VmHWM")
+    finally:
+        server.terminate()
+        server.wait(30)
     response.raise_for_status()
     assert response.json()["n_rows"] == rows, response.text
-    return seconds
+    return {"seconds": seconds, "growth": peak - before}
+
+
+def read_in_child(library: str, path: Path) -> None:
+    """Run in a child process: read the file with one library, print seconds and RSS growth."""
+    if library == "pandas":
+        import pandas
+
+        def read(source: Path) -> int:
+            return len(pandas.read_csv(source))
+    elif library == "pyarrow":
+
+        def read(source: Path) -> int:
+            return pacsv.read_csv(source).num_rows
+    else:
+        import polars
+
+        def read(source: Path) -> int:
+            return polars.read_csv(source).height
+
+    # Warm up as the API is warmed up: a first read imports and sets up what later ones reuse.
+    small = path.with_name(f"warm-up-{library}.csv")
+    small.write_bytes(b"a,y\n1,2\n3,4\n")
+    read(small)
+    pid = os.getpid()
+    before = reset_peak(pid)
+    started = time.perf_counter()
+    rows = read(path)
+    seconds = time.perf_counter() - started
+    peak = status_bytes(pid, "VmHWM")
+    print(json.dumps({"seconds": seconds, "growth": peak - before, "rows": rows}))
+
+
+def measure_library(library: str, path: Path, rows: int) -> dict[str, float]:
+    """Seconds and peak RSS growth of one library's read, in a process of its own."""
+    done = subprocess.run(
+        [sys.executable, __file__, "--child", library, str(path)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    result = json.loads(done.stdout.splitlines()[-1])
+    assert result["rows"] == rows, result
+    return {"seconds": result["seconds"], "growth": result["growth"]}
 
 
 def main() -> None:
-    """Generate the file, upload it, time pandas, print the table."""
+    """Generate the file, run every sample in a seeded order, print the table."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--megabytes", type=int, default=100)
+    parser.add_argument("--samples", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--child", nargs=2, metavar=("LIBRARY", "FILE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    import pandas
+    if args.child:
+        read_in_child(args.child[0], Path(args.child[1]))
+        return
 
+    extra = ("pyarrow", "pandas", "polars", "numpy", "python-multipart")
+    header = environment({name: version(name) for name in extra})
+    uploads = dict(zip(UPLOADS, (upload_raw, upload_multipart), strict=True))
+    labels = [*UPLOADS, *LIBRARIES]
+    results: dict[str, list[dict[str, float]]] = {label: [] for label in labels}
     with tempfile.TemporaryDirectory() as scratch:
         path = Path(scratch) / "numbers.csv"
         rows = write_csv(path, args.megabytes)
         size = path.stat().st_size
-        port = free_port()
-        env = {
-            **os.environ,
-            "FITSERVE_DATABASE_URL": f"sqlite:///{scratch}/bench.db",
-            "FITSERVE_PORT": str(port),
-        }
-        subprocess.run(
-            [BIN / "fitserve", "db", "upgrade"], env=env, check=True, capture_output=True
-        )
-        server = subprocess.Popen([BIN / "fitserve", "api"], env=env, stderr=subprocess.DEVNULL)
-        try:
-            api_pid = child_pid(server.pid)
-            url = f"http://127.0.0.1:{port}"
-            with httpx.Client(base_url=url, timeout=600) as client:
-                while True:
-                    try:
-                        client.get("/healthz")
-                        break
-                    except httpx.TransportError:
-                        time.sleep(0.2)
-                idle_rss = peak_rss(api_pid)
-                upload_seconds = upload_raw(client, path, rows)
-                upload_rss = peak_rss(api_pid)
-                multipart_seconds = upload_multipart(client, path, rows)
-        finally:
-            server.terminate()
-            server.wait(30)
-        started = time.perf_counter()
-        frame = pandas.read_csv(path)
-        pandas_seconds = time.perf_counter() - started
-        assert len(frame) == rows
+        for run, (label, sample) in enumerate(sample_order(labels, args.samples, args.seed)):
+            if label in uploads:
+                # A new database and artifact store each time, so no upload is a repeat.
+                run_dir = Path(scratch) / f"run-{run}"
+                run_dir.mkdir()
+                measured = measure_upload(uploads[label], path, rows, run_dir)
+            else:
+                measured = measure_library(label, path, rows)
+            results[label].append(measured)
+            print(
+                f"sample {sample} {label}: {measured['seconds']:.3f} s, "
+                f"+{measured['growth'] / 1e6:.0f} MB",
+                file=sys.stderr,
+            )
 
-    mb = size / 1e6
-    print(f"{rows} rows, {FEATURES + 1} columns, {mb:.1f} MB\n")
-    print("| measure | seconds | rows/s | vs pandas.read_csv |")
-    print("|---|---|---|---|")
-    for label, seconds in [
-        ("fitserve upload, file as body (HTTP, parse, checks, stats, store)", upload_seconds),
-        ("fitserve upload, multipart (as curl -F)", multipart_seconds),
-        ("pandas.read_csv (parse only, same file)", pandas_seconds),
-    ]:
-        print(
-            f"| {label} | {seconds:.2f} | {rows / seconds:,.0f} | "
-            f"{pandas_seconds / seconds:.2f}x the speed |"
-        )
-    print()
-    print("| API peak RSS (VmHWM) | |")
-    print("|---|---|")
-    print(f"| idle, before the upload | {idle_rss / 1e6:.0f} MB |")
+    seconds = {label: Spread.of([r["seconds"] for r in results[label]]) for label in labels}
+    growth = {label: Spread.of([r["growth"] / 1e6 for r in results[label]]) for label in labels}
+    print("\n".join(header))
     print(
-        f"| after the body upload | {upload_rss / 1e6:.0f} MB = {upload_rss / size:.2f}x the file "
-        f"(growth {(upload_rss - idle_rss) / size:.2f}x) |"
+        f"{rows:,} rows x {FEATURES + 1} columns, {size / 1e6:.1f} MB; {args.samples} samples "
+        f"per row, seed {args.seed}; median (min-max)\n"
     )
+    print(
+        "| measure | seconds | rows/s | speed vs pandas | vs pyarrow | vs polars "
+        "| peak RSS growth, MB | growth / file | memory vs pandas |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for label in labels:
+        time_spread, memory = seconds[label], growth[label]
+        speed = " | ".join(
+            f"{seconds[library].median / time_spread.median:.2f}x" for library in LIBRARIES
+        )
+        name = label if label in uploads else f"{LIBRARIES[label]} {version(label)}"
+        print(
+            f"| {name} | {time_spread.format(2)} | {rows / time_spread.median:,.0f} | {speed} "
+            f"| {memory.format(0)} | {memory.median * 1e6 / size:.2f}x "
+            f"| {memory.median / growth['pandas'].median:.2f}x |"
+        )
 
 
 if __name__ == "__main__":

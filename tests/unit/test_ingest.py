@@ -1,22 +1,30 @@
 """Parsing and checking uploads with pyarrow, without the API around it."""
 
+import asyncio
+import hashlib
 import io
 
+import httpx
 import pyarrow as pa
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
+from fastapi import HTTPException
+from starlette.requests import Request
 
 from app.config import Limits
+from app.datasets import ingest as ingest_module
 from app.datasets.ingest import (
+    CSV_NULL_MARKERS,
     DatasetInputError,
     DatasetTooLargeError,
     IngestOptions,
-    from_ipc,
+    _extremes,
     ingest_columns,
     ingest_file,
     records_to_columns,
-    to_ipc,
 )
+from app.datasets.uploads import MultipartForm, Spool
 
 LIMITS = Limits()
 
@@ -46,7 +54,6 @@ def test_delimiters_and_bom_are_detected(data: bytes):
     assert result.task == "classification"
     assert result.table.column("a").to_pylist() == [1.0, 3.0]
     assert result.stats["y"]["classes"] == [["x", 1], ["z", 1]]
-    assert from_ipc(to_ipc(result.table)).equals(result.table)
 
 
 def test_stats_preview_and_feature_order():
@@ -359,3 +366,131 @@ def test_json_columns_arrow_cannot_hold_are_refused(columns: dict, fragment: str
     with pytest.raises(DatasetInputError) as error:
         ingest_columns(columns, options=IngestOptions(target="y"), limits=LIMITS)
     assert fragment in str(error.value)
+
+
+def test_every_default_null_token_but_the_empty_one_holds_a_marker_byte():
+    # A segment without a marker byte is read with null_values=[""], which must then mean
+    # the same as pyarrow's defaults.
+    for token in ingest_module.CSV_NULL_VALUES:
+        assert token == "" or any(marker in token.encode() for marker in CSV_NULL_MARKERS)
+
+
+def test_csv_segments_read_as_the_whole_file_would(monkeypatch):
+    monkeypatch.setattr(ingest_module, "CSV_SEGMENT_BYTES", 64)
+
+    def value(i: int) -> str:
+        # Quotes and null tokens in some segments only, so segments read with different options.
+        return f'"{i}"' if i % 37 == 0 else "NA" if i % 41 == 0 else "" if i % 43 == 0 else str(i)
+
+    data = "a,b,y\n" + "".join(f"{i / 4},{value(i)},{i % 3}\n" for i in range(300))
+    result = ingest(data.encode(), target="y", missing="drop")
+    whole = pacsv.read_csv(
+        io.BytesIO(data.encode()),
+        convert_options=pacsv.ConvertOptions(column_types={"a": pa.float32(), "b": pa.float32()}),
+    ).drop_null()
+    # "NA" at 41, 82, ... 287 and "" at 43, 86, ... 258 are missing; "0", "37", ... are quoted.
+    assert result.table.num_rows == 300 - 7 - 6
+    assert result.table.combine_chunks().equals(whole.combine_chunks())
+    assert result.stats["b"]["missing"] == 7 + 6
+
+
+def test_a_later_segment_must_read_as_the_first(monkeypatch):
+    monkeypatch.setattr(ingest_module, "CSV_SEGMENT_BYTES", 64)
+    rows = "".join(f"{i},{i % 2}\n" for i in range(100))
+    # The first segment makes the target int64; a float later reads it again as labels.
+    result = ingest(f"a,y\n{rows}7,1.5\n".encode(), target="y")
+    assert result.task == "classification"
+    assert [label for label, _ in result.stats["y"]["classes"]] == ["0", "1", "1.5"]
+    # A segment of blank lines holds no rows, so it says nothing of the target's type.
+    blank_first = ingest(b"a,y\n" + b"\n" * 100 + rows.encode(), target="y")
+    assert (blank_first.task, blank_first.table.column("y").type) == ("regression", pa.int64())
+
+
+def test_a_row_longer_than_a_segment_is_refused(monkeypatch):
+    monkeypatch.setattr(ingest_module, "CSV_SEGMENT_BYTES", 64)
+    data = b"a,y\n1,2\n" + b"1" * 100 + b",2\n" + b"3,4\n" * 40
+    assert "a row is longer than 64 bytes" in refused(data, target="y")
+
+
+def test_extremes_skip_nulls_and_nan_like_arrow():
+    floats = pa.chunked_array([[0.5], [1.0, float("nan")], []], pa.float32())
+    assert _extremes(floats) == (0.5, 1.0)
+    assert _extremes(pa.chunked_array([[3, None], [7]])) == (3, 7)
+    assert _extremes(pa.chunked_array([[3, 1], [], [7]])) == (1, 7)
+    assert _extremes(pa.chunked_array([[float("-inf"), 2.0]])) == (float("-inf"), 2.0)
+
+
+def send(request: httpx.Request, form: MultipartForm, piece: int = 7) -> None:
+    """Feed a request's body to the form in small pieces, as a server would."""
+    body = request.read()
+    messages = [
+        {"type": "http.request", "body": body[start : start + piece], "more_body": True}
+        for start in range(0, len(body), piece)
+    ]
+    messages.append({"type": "http.request", "body": b"", "more_body": False})
+
+    async def receive() -> dict:
+        return messages.pop(0)
+
+    scope = {"type": "http", "method": "POST", "path": "/", "headers": [], "query_string": b""}
+    asyncio.run(form.read(Request(scope, receive), request.headers["content-type"]))
+
+
+def multipart(files: list | None = None, **fields) -> httpx.Request:
+    files = files or [("file", ("d.csv", b"a,y\n1,2\n"))]
+    return httpx.Request("POST", "http://x/", files=files, data=fields)
+
+
+def test_multipart_upload_is_spooled_and_hashed_in_one_pass(tmp_path):
+    data = b"a,y\n" + b"1,2\n" * 1000
+    with (tmp_path / "spool").open("w+b") as file:
+        spool = Spool(file)
+        form = MultipartForm(spool)
+        files = [("file", ("d.csv", data, "text/csv")), ("other", ("o.bin", b"x"))]
+        request = multipart(files=files[:1], target="y", features=["a", "b"], name="ünï")
+        send(request, form)
+        file.seek(0)
+        assert file.read() == data
+    assert spool.sha256() == hashlib.sha256(data).hexdigest()
+    assert form.filename == "d.csv"
+    assert form.fields == [("target", "y"), ("features", "a"), ("features", "b"), ("name", "ünï")]
+
+    elsewhere = MultipartForm(Spool(io.BytesIO()))
+    send(multipart(files=files[1:], target="y"), elsewhere)
+    assert elsewhere.filename is None
+
+
+@pytest.mark.parametrize(
+    ("request_", "message"),
+    [
+        (
+            multipart(files=[("file", ("a", b"1")), ("file", ("b", b"2"))]),
+            "Too many files. Maximum number of files is 1.",
+        ),
+        (
+            multipart(**{f"f{i}": "1" for i in range(33)}),
+            "Too many fields. Maximum number of fields is 32.",
+        ),
+        (multipart(target="y" * (1024 * 1024 + 1)), "Part exceeded maximum size of 1024KB."),
+        (
+            httpx.Request(
+                "POST", "http://x/", content=b"garbage", headers={"content-type": "multipart/x"}
+            ),
+            "Missing boundary in multipart.",
+        ),
+        (
+            httpx.Request(
+                "POST",
+                "http://x/",
+                content=b"garbage",
+                headers={"content-type": "multipart/form-data; boundary=xyz"},
+            ),
+            "Invalid multipart data.",
+        ),
+    ],
+    ids=["files", "fields", "field-size", "boundary", "garbage"],
+)
+def test_multipart_forms_keep_starlettes_limits(request_: httpx.Request, message: str):
+    with pytest.raises(HTTPException) as error:
+        send(request_, MultipartForm(Spool(io.BytesIO())))
+    assert (error.value.status_code, error.value.detail) == (400, message)
