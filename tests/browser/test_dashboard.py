@@ -32,7 +32,7 @@ def test_every_page_loads_without_console_errors(
     expect(page.locator("#datasets")).to_contain_text("iris")
     page.goto(f"{api.url}/ui/datasets/{dataset['id']}")
     expect(page.locator("svg.histogram")).to_have_count(5)
-    expect(page.locator("#dataset-preview tbody tr")).to_have_count(20)
+    expect(page.locator("#dataset-preview tbody tr")).to_have_count(10)
     watched.screenshot("datasets")
     page.goto(f"{api.url}/ui/models")
     page.get_by_role("link", name="prices").click()
