@@ -13,7 +13,6 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from fsspec import AbstractFileSystem
 from fsspec.core import url_to_fs
@@ -41,7 +40,6 @@ class StoredObject:
 
     uri: str
     sha256: str
-    modified: datetime
 
 
 class ArtifactStore:
@@ -52,7 +50,7 @@ class ArtifactStore:
         self.is_local = isinstance(self.fs, LocalFileSystem)
         self.root = root.rstrip("/")
         self.cache = cache
-        # A local store stages beside its objects, so publishing is a rename on one disk.
+        # A local store stages beside its objects, so publishing is a hard link on one disk.
         self.staging = Path(self.root) / STAGING if self.is_local else cache.staging
 
     def uri_for(self, sha256: str) -> str:
@@ -118,13 +116,9 @@ class ArtifactStore:
             fs.rm_file(path)
 
     def objects(self) -> Iterator[StoredObject]:
-        """Every object under this store's root, with when it was written."""
-        for path, info in self._listing(f"{self.root}/{OBJECTS}"):
-            yield StoredObject(
-                uri=self.fs.unstrip_protocol(path),
-                sha256=path.rsplit("/", 1)[-1],
-                modified=_modified(info),
-            )
+        """Every object under this store's root."""
+        for path in self._listing(f"{self.root}/{OBJECTS}"):
+            yield StoredObject(uri=self.fs.unstrip_protocol(path), sha256=path.rsplit("/", 1)[-1])
 
     def staged_files(self) -> Iterator[tuple[Path, datetime]]:
         """Staging files of this store's local staging directory, with their age."""
@@ -136,27 +130,15 @@ class ArtifactStore:
             except FileNotFoundError:
                 continue
 
-    def _listing(self, path: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    def _listing(self, path: str) -> list[str]:
         try:
-            found = self.fs.find(path, detail=True)
+            return self.fs.find(path)
         except FileNotFoundError:
-            return
-        yield from found.items()
+            return []
 
 
 def _filesystem(uri: str) -> tuple[AbstractFileSystem, str]:
     return url_to_fs(uri, use_listings_cache=False)
-
-
-def _modified(info: dict[str, Any]) -> datetime:
-    """When an object was written, from a local or an S3 listing."""
-    if "mtime" in info:
-        return datetime.fromtimestamp(info["mtime"], UTC)
-    modified = info.get("LastModified") or info.get("last_modified")
-    if isinstance(modified, datetime):
-        return modified if modified.tzinfo else modified.replace(tzinfo=UTC)
-    # A filesystem that does not say: treated as new, so the collector leaves it alone.
-    return datetime.now(UTC)
 
 
 def open_store(settings: Settings) -> ArtifactStore:
