@@ -101,20 +101,35 @@ def release(*, database: Database, store: ArtifactStore, sha256s: Iterable[str])
 
 def _release_one(database: Database, store: ArtifactStore, sha256: str) -> int:
     with unit_of_work(database.sessions) as session:
+        return release_within(session=session, store=store, sha256s=[sha256])
+
+
+def release_within(*, session: Session, store: ArtifactStore, sha256s: Iterable[str]) -> int:
+    """`release`, inside a transaction the caller owns; returns how many were deleted.
+
+    The caller's transaction must be later than the one that dropped the objects' users:
+    should it roll back after an object is deleted, an unnamed row is left behind (collected
+    later), never a row that names a deleted object.
+    """
+    deleted = 0
+    for sha256 in sorted(set(sha256s)):
         _lock(session, sha256)
         artifact = session.get(Artifact, sha256)
         if artifact is None or _is_referenced(session, sha256):
-            return 0
+            continue
         try:
             with session.begin_nested():
                 session.delete(artifact)
         except IntegrityError:
             # A user the schema check missed: the foreign key keeps the object.
-            return 0
-        # Inside the transaction: should the commit fail, an unnamed row is left behind
-        # (collected later), never a row that names a deleted object.
-        store.delete(artifact.uri)
-        return 1
+            continue
+        try:
+            store.delete(artifact.uri)
+        except OSError:
+            logger.warning("could not delete %s; gc will", artifact.uri, exc_info=True)
+            continue
+        deleted += 1
+    return deleted
 
 
 @dataclass

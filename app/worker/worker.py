@@ -298,8 +298,10 @@ class RunExecution:
             context.settings.test_faults.get(claim.run_id), attempt=claim.attempt
         )
         self.checkpoint_every = 1
-        # Digests of the objects a transaction replaced, released once it commits.
+        # Objects replaced by the current transaction, and by the last committed one: the
+        # next transaction releases those, saving each epoch a transaction of its own.
         self._replaced: list[str] = []
+        self._pending: list[str] = []
         self.cancel_requested = threading.Event()
         self.prune_requested = threading.Event()
         self._pruning: Callable[[int], bool] | None = None
@@ -395,16 +397,28 @@ class RunExecution:
                 delay = min(delay * 2, MAX_RETRY_DELAY_SECONDS)
 
     def _storing(self, data: bytes, work: Callable[[Session, StagedObject], T]) -> T:
-        """Stage `data` as an object, run `work` with it in one transaction, then release
-        the objects the transaction replaced."""
+        """Stage `data` as an object and run `work` with it in one transaction.
+
+        The transaction first releases the objects that committed transactions replaced
+        (it comes later than they do), and its own replaced objects wait for the next one.
+        """
         store = self.context.store
-        self._replaced = []
         with store.staged_bytes(data) as staged:
-            result = self._transaction(lambda session: work(session, staged))
-        # A release checks under the digest's lock that no row names the object any more,
-        # so a digest noted by an attempt that rolled back is left alone.
-        artifacts.release(database=self.context.database, store=store, sha256s=self._replaced)
+
+            def work_and_release(session: Session) -> T:
+                artifacts.release_within(session=session, store=store, sha256s=self._pending)
+                self._replaced = []
+                return work(session, staged)
+
+            result = self._transaction(work_and_release)
+        self._pending = self._replaced
         return result
+
+    def _release_pending(self) -> None:
+        """Release what the attempt's last transaction replaced, in one of its own."""
+        store, database = self.context.store, self.context.database
+        artifacts.release(database=database, store=store, sha256s=self._pending)
+        self._pending = []
 
     def _execute(self) -> None:
         spec = self._spec()
@@ -468,6 +482,7 @@ class RunExecution:
                 self._replaced.extend([replaced] if replaced else [])
 
             self._storing(weights.data, succeed)
+            self._release_pending()
         elif outcome.status in ("diverged", "timeout"):
             kind = FailureKind.DIVERGED if outcome.status == "diverged" else FailureKind.TIMEOUT
             self._transaction(
@@ -499,6 +514,7 @@ class RunExecution:
                     queue.hand_back(session=session, claim=self.claim)
 
             self._storing(blob.tensors, stop)
+            self._release_pending()
 
     def _heartbeat(self) -> None:
         settings = self.context.settings
