@@ -1,8 +1,8 @@
 """The artifact store: content-addressed objects in a directory or any fsspec filesystem (S3).
 
 An object's key is its sha256, so writing the same bytes twice yields one object. Writes are
-staged as a complete local file first; `publish` then makes the object appear whole (a rename
-on a local disk, a single upload to S3), never half written.
+staged as a complete local file first; `publish` then makes the object appear whole (a hard
+link on a local disk, a single upload to S3), never half written.
 """
 
 import hashlib

@@ -18,7 +18,6 @@ FEATURES_COLUMN = "features"
 TARGET_COLUMN = "target"
 FEATURE_NAMES_KEY = b"fitserve.features"
 TARGET_NAME_KEY = b"fitserve.target"
-FEATURE_TYPE = pa.float32()
 
 
 @dataclass(frozen=True)
@@ -50,13 +49,8 @@ def write_table_file(table: pa.Table, *, features: list[str], target: str, path:
 
 def read_table_file(path: Path) -> pa.Table:
     """A stored table back as named columns: features then the target (for migrations, tests)."""
-    with pa.memory_map(str(path)) as source:
-        stored = ipc.open_file(source).read_all()
-    names = json.loads(stored.schema.metadata[FEATURE_NAMES_KEY])
-    matrix = _matrix(stored.column(FEATURES_COLUMN).combine_chunks(), len(names))
-    columns = {name: pa.array(matrix[:, position]) for position, name in enumerate(names)}
-    columns[stored.schema.metadata[TARGET_NAME_KEY].decode()] = stored.column(TARGET_COLUMN)
-    return pa.table(columns)
+    mapped = map_table_file(path)
+    return _named_columns(mapped, mapped.features, mapped.target)
 
 
 def map_table_file(path: Path) -> MappedTable:
@@ -71,32 +65,28 @@ def map_table_file(path: Path) -> MappedTable:
     reader = ipc.open_file(pa.BufferReader(buffer))
     names = json.loads(reader.schema.metadata[FEATURE_NAMES_KEY])
     target_name = reader.schema.metadata[TARGET_NAME_KEY].decode()
-    if reader.num_record_batches == 1:
-        batch = reader.get_batch(0)
-        rows = batch.column(0)
-        values = rows.values
-        start = values.buffers()[1].address - buffer.address + values.offset * 4
-        features = np.frombuffer(
-            mapping, dtype=np.float32, count=len(rows) * len(names), offset=start
-        ).reshape(len(rows), len(names))
-        return MappedTable(
-            features=features, target=batch.column(1), feature_names=names, target_name=target_name
-        )
-    stored = reader.read_all()
-    matrix = _matrix(stored.column(FEATURES_COLUMN).combine_chunks(), len(names)).copy()
-    target = stored.column(TARGET_COLUMN).combine_chunks()
-    return MappedTable(features=matrix, target=target, feature_names=names, target_name=target_name)
+    # `write_table_file` writes one batch, so the matrix is one contiguous buffer.
+    batch = reader.get_batch(0)
+    rows = batch.column(0)
+    values = rows.values
+    start = values.buffers()[1].address - buffer.address + values.offset * 4
+    features = np.frombuffer(
+        mapping, dtype=np.float32, count=len(rows) * len(names), offset=start
+    ).reshape(len(rows), len(names))
+    return MappedTable(
+        features=features, target=batch.column(1), feature_names=names, target_name=target_name
+    )
 
 
 def sample_table_file(path: Path, *, rows: int) -> pa.Table:
     """At most `rows` evenly spaced rows of a stored table, as named columns (for charts)."""
     mapped = map_table_file(path)
     picked = np.arange(0, len(mapped.features), max(1, -(-len(mapped.features) // rows)))
-    matrix = mapped.features[picked]
+    return _named_columns(mapped, mapped.features[picked], mapped.target.take(pa.array(picked)))
+
+
+def _named_columns(mapped: MappedTable, matrix: np.ndarray, target: pa.Array) -> pa.Table:
+    """Rows of a mapped table as one column per feature, then the target."""
     columns = {name: pa.array(matrix[:, i]) for i, name in enumerate(mapped.feature_names)}
-    columns[mapped.target_name] = mapped.target.take(pa.array(picked))
+    columns[mapped.target_name] = target
     return pa.table(columns)
-
-
-def _matrix(rows: pa.FixedSizeListArray, width: int) -> np.ndarray:
-    return rows.flatten().to_numpy().reshape(-1, width)
