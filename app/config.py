@@ -113,7 +113,12 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Device slots, one worker each (comma-separated); empty: every GPU, else cpu.",
     )
-    torch_threads: int = Field(default=1, ge=1)
+    torch_threads: int | None = Field(
+        default=None,
+        ge=1,
+        description="Torch threads per worker. Unset: this machine's cores divided among its "
+        "local workers (at least one each).",
+    )
 
     lease_seconds: float = Field(default=30.0, gt=0)
     sqlite_busy_timeout_seconds: float = Field(
@@ -236,6 +241,12 @@ class Settings(BaseSettings):
             return Path(self.artifact_cache_dir)
         home_cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
         return Path(home_cache) / "fitserve"
+
+    def threads_per_worker(self, local_workers: int) -> int:
+        """Torch threads for each of `local_workers` workers sharing this machine."""
+        if self.torch_threads is not None:
+            return self.torch_threads
+        return max(1, (os.cpu_count() or 1) // max(1, local_workers))
 
     @property
     def is_sqlite(self) -> bool:

@@ -52,6 +52,8 @@ def settings(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Set
         artifact_cache_dir=str(tmp_path_factory.mktemp("artifact-cache")),
         auth="off",
         devices=["cpu"],
+        # Several workers share the machine's two cores in some tests.
+        torch_threads=1,
         lease_seconds=3.0,
         sqlite_busy_timeout_seconds=1.0,
         heartbeat_seconds=0.25,

@@ -46,14 +46,20 @@ def run_worker(
     device: str,
     semaphore: Any = None,
     parent_pid: int | None = None,
+    local_workers: int = 1,
 ) -> None:
-    """Entry point of a worker process; with `parent_pid`, it stops when that process dies."""
+    """Entry point of a worker process; with `parent_pid`, it stops when that process dies.
+
+    `local_workers` is how many workers share this machine's cores.
+    """
     from app.logs import configure_logging
 
     if parent_pid is not None:
         exit_with_parent(parent_pid)
     configure_logging(settings)
-    worker_settings = WorkerSettings.from_settings(settings, worker_id=worker_id, device=device)
+    worker_settings = WorkerSettings.from_settings(
+        settings, worker_id=worker_id, device=device, local_workers=local_workers
+    )
     worker = Worker(worker_settings, wakeup=Wakeup(semaphore) if semaphore is not None else None)
     with worker.signal_handlers():
         worker.run()
@@ -100,7 +106,14 @@ class WorkerPool:
         worker_id = new_worker_id(device)
         process = SPAWN.Process(
             target=run_worker,
-            args=(self.settings, worker_id, device, self.semaphore, os.getpid()),
+            args=(
+                self.settings,
+                worker_id,
+                device,
+                self.semaphore,
+                os.getpid(),
+                len(self.devices),
+            ),
             name=f"fitserve-worker-{device}",
         )
         process.start()

@@ -67,8 +67,10 @@ class WorkerSettings:
     test_faults: dict[int, RunFaults] = field(default_factory=dict)
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, worker_id: str, device: str) -> "WorkerSettings":
-        """Pick this worker's settings out of the service's."""
+    def from_settings(
+        cls, settings: Settings, *, worker_id: str, device: str, local_workers: int = 1
+    ) -> "WorkerSettings":
+        """Pick this worker's settings out of the service's; `local_workers` share the cores."""
         return cls(
             worker_id=worker_id,
             device=device,
@@ -77,7 +79,7 @@ class WorkerSettings:
             lease_seconds=settings.lease_seconds,
             heartbeat_seconds=settings.heartbeat_seconds,
             poll_seconds=settings.poll_seconds,
-            torch_threads=settings.torch_threads,
+            torch_threads=settings.threads_per_worker(local_workers),
             service=settings,
             test_faults=settings.test_faults,
         )

@@ -1,6 +1,7 @@
 """Parts of the worker that need no process: failure classification, supervised threads."""
 
 import logging
+import os
 import threading
 
 import pytest
@@ -88,3 +89,10 @@ def test_sqlite_waits_for_its_lock_for_at_most_half_a_lease():
     with pytest.raises(ValidationError, match="at most half of lease_seconds"):
         Settings(lease_seconds=3, sqlite_busy_timeout_seconds=2)
     assert Settings(lease_seconds=3, sqlite_busy_timeout_seconds=1.5).sqlite_busy_timeout_seconds
+
+
+def test_torch_threads_default_to_the_cores_shared_among_local_workers() -> None:
+    cores = os.cpu_count() or 1
+    assert Settings().threads_per_worker(1) == cores
+    assert Settings().threads_per_worker(cores * 2) == 1
+    assert Settings(torch_threads=3).threads_per_worker(8) == 3
