@@ -72,9 +72,11 @@ class RowSubset:
         """Where the rows are."""
         return self.matrix.device
 
-    def take(self, positions: torch.Tensor) -> torch.Tensor:
-        """The subset's rows at these positions: one gather from the matrix."""
-        return self.matrix[positions if self.index is None else self.index[positions]]
+    def take(self, positions: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """The subset's rows at these positions: one gather from the matrix (into `out`)."""
+        # index_select, not indexing: the same rows, gathered several times faster.
+        rows = positions if self.index is None else self.index.index_select(0, positions)
+        return torch.index_select(self.matrix, 0, rows, out=out)
 
     def chunks(self, size: int) -> Iterator[torch.Tensor]:
         """The subset's rows in order, `size` at a time; gathered ones are overwritten by the next.

