@@ -4,6 +4,8 @@ FROM python:3.11-slim
 
 ARG TORCH_VERSION=2.13.*
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+# `[ray]` for the images of a Ray cluster (docker-compose.ray.yml).
+ARG EXTRAS=""
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -11,14 +13,15 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /srv/fitserve
-# torch first, from the chosen index, so the project install below cannot pull another build.
+# torch first, from the chosen index, and pinned again below, so the project install cannot
+# pull another build.
 RUN pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX_URL}"
 COPY pyproject.toml README.md alembic.ini ./
 COPY app ./app
 COPY fitserve_client ./fitserve_client
 COPY migrations ./migrations
 # /srv/artifacts is owned by the service user, so a named volume mounted there is too.
-RUN pip install . && useradd --create-home --uid 10001 fitserve \
+RUN pip install ".${EXTRAS}" "torch==${TORCH_VERSION}" && useradd --create-home --uid 10001 fitserve \
     && mkdir -p /srv/artifacts && chown fitserve /srv/artifacts
 
 USER fitserve

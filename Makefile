@@ -17,7 +17,9 @@ $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH_PIN)"
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	# The pin again: while backtracking over other packages pip would otherwise move torch to
+	# the newest allowed release, a CUDA build.
+	$(BIN)/python -m pip install -q -e ".[dev]" "$(TORCH_PIN)"
 	touch $@
 
 install: $(BIN)/.installed
