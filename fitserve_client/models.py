@@ -37,6 +37,7 @@ class Run(APIModel):
     task: str
     device_request: str
     device: str | None = None
+    executor: str | None = None
     progress: Progress
     created_at: datetime
     queued_at: datetime

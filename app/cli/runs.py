@@ -162,6 +162,7 @@ def runs_show(
         "status": run.status,
         "task": run.task,
         "device": run.device or run.device_request,
+        "executor": run.executor or "",
         "progress": f"{run.progress.epoch}/{run.progress.epochs} epochs",
         "attempt": f"{run.attempt} of at most {run.max_attempts}",
         "created": common.when(run.created_at),

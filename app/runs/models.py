@@ -67,6 +67,8 @@ class Run(Base):
     task: Mapped[str] = mapped_column(String(16))
     device_request: Mapped[str] = mapped_column(String(32))
     device: Mapped[str | None] = mapped_column(String(32))
+    # `local` or `ray`: what trained the run's latest attempt.
+    executor: Mapped[str | None] = mapped_column(String(16))
     epochs_total: Mapped[int]
     epochs_done: Mapped[int] = mapped_column(default=0)
     # Unique per project: two teams may pick the same key.

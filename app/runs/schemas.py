@@ -28,6 +28,9 @@ class RunRead(BaseModel):
     task: str
     device_request: str = Field(description="The device the spec asked for.")
     device: str | None = Field(description="The device the run actually trained on.")
+    executor: str | None = Field(
+        description="What trained the latest attempt: `local` (a fitserve worker) or `ray`."
+    )
     progress: Progress
     created_at: datetime
     queued_at: datetime

@@ -3,7 +3,7 @@
 from datetime import datetime
 
 from fastapi import APIRouter
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select, text
 
 from app.access import AdminAccess
@@ -26,9 +26,10 @@ class WorkerRead(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
     id: str
-    pid: int
+    pid: int = Field(description="The worker's process id; 0 for a Ray node.")
     host: str
     device: str
+    executor: str = Field(description="`local` (a worker process) or `ray` (a Ray node).")
     current_run_id: int | None
     started_at: datetime
     heartbeat_at: datetime

@@ -17,6 +17,8 @@ class WorkerRecord(Base):
     pid: Mapped[int]
     host: Mapped[str] = mapped_column(String(255))
     device: Mapped[str] = mapped_column(String(32))
+    # `local`: a worker process of a pool; `ray`: a node of the Ray cluster.
+    executor: Mapped[str] = mapped_column(String(16), default="local", server_default="local")
     current_run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
     started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -49,7 +49,12 @@ def servable_requests(device: str) -> list[str]:
 
 
 def claim_next(
-    *, session: Session, worker_id: str, device: str, lease_seconds: float
+    *,
+    session: Session,
+    worker_id: str,
+    device: str,
+    lease_seconds: float,
+    executor: str = "local",
 ) -> Claim | None:
     """Take a queued run this device can serve, or None when there is none.
 
@@ -94,6 +99,7 @@ def claim_next(
             attempt=Run.attempt + 1,
             worker_id=worker_id,
             device=device,
+            executor=executor,
             lease_expires_at=now + timedelta(seconds=lease_seconds),
             started_at=func.coalesce(Run.started_at, literal(now, UTCDateTime)),
         )
