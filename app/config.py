@@ -120,6 +120,29 @@ class Settings(BaseSettings):
         "local workers (at least one each).",
     )
 
+    executor: Literal["local", "ray"] = Field(
+        default="local",
+        description="What trains the runs workers claim: `local` worker processes, one per "
+        "device slot, or `ray`: each run a Ray task (Ray Train for data-parallel runs) on "
+        "whichever node of the Ray cluster has its resources.",
+    )
+    ray_address: str | None = Field(
+        default=None,
+        description="The Ray cluster to join (`auto`, `host:6379`). Unset: start a Ray "
+        "instance on this machine.",
+    )
+    ray_num_cpus: int | None = Field(
+        default=None,
+        ge=1,
+        description="CPUs of the Ray instance fitserve starts itself (unset: all cores).",
+    )
+    replica_timeout_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description="How long a data-parallel run's processes wait for each other to start "
+        "or to reach the next batch before the attempt is given up.",
+    )
+
     lease_seconds: float = Field(default=30.0, gt=0)
     sqlite_busy_timeout_seconds: float = Field(
         default=5.0,
@@ -222,6 +245,19 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
+
+    def anchored(self) -> Self:
+        """These settings with the SQLite file and the artifact store as absolute paths, for
+        processes that run in another working directory (Ray's)."""
+        database_url = self.database_url
+        if self.is_sqlite and "///" in database_url:
+            prefix, database_file = database_url.split("///", 1)
+            path, _, query = database_file.partition("?")
+            if path not in ("", ":memory:"):
+                database_url = f"{prefix}///{Path(path).resolve()}" + (f"?{query}" if query else "")
+        return self.model_copy(
+            update={"database_url": database_url, "artifacts": self.artifacts_url}
+        )
 
     @property
     def artifacts_url(self) -> str:

@@ -18,23 +18,9 @@ from fastapi import FastAPI
 
 from app.config import RunFaults, Settings
 from app.worker.pool import SPAWN, new_worker_id, run_worker
+from tests.specs import D2L_SPEC as D2L_SPEC
 
 FINAL = {"succeeded", "failed", "cancelled"}
-
-D2L_SPEC: dict[str, Any] = {
-    "dataset": {
-        "type": "synthetic_linear",
-        "n_samples": 1000,
-        "true_w": [2, -3.4],
-        "true_b": 4.2,
-        "noise": 0.01,
-    },
-    "model": {"type": "linear"},
-    "loss": "mse",
-    "optimizer": {"type": "sgd", "lr": 0.03},
-    "epochs": 3,
-    "batch_size": 10,
-}
 
 
 def long_spec(epochs: int = 6, **overrides: Any) -> dict[str, Any]:
@@ -142,8 +128,15 @@ class LocalWorkers:
         worker_id = new_worker_id(device)
         process = SPAWN.Process(
             target=run_worker,
-            args=(settings, worker_id, device, self.semaphore if pool_wakeup else None),
-            daemon=True,
+            # Not a daemon, which could not start a data-parallel run's processes; it still
+            # dies with this process, as a pool's workers die with theirs.
+            args=(
+                settings,
+                worker_id,
+                device,
+                self.semaphore if pool_wakeup else None,
+                os.getpid(),
+            ),
         )
         process.start()
         handle = WorkerHandle(worker_id, process)
@@ -255,3 +248,15 @@ class ApiProcess:
             self.process.wait()
         if self._log is not None:
             self._log.close()
+
+
+def epochs_of(client: httpx.Client, run_id: int) -> list[dict[str, Any]]:
+    """The run's epoch rows as the API lists them."""
+    return client.get(f"/runs/{run_id}/epochs").json()
+
+
+def assert_epochs_once(client: httpx.Client, run_id: int, epochs: int) -> list[dict[str, Any]]:
+    """Assert the run recorded epochs 1..epochs, each once; return the rows."""
+    rows = epochs_of(client, run_id)
+    assert [row["epoch"] for row in rows] == list(range(1, epochs + 1))
+    return rows

@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import threading
+from enum import StrEnum
 from pathlib import Path
 from types import FrameType
 from typing import Annotated, Any
@@ -96,43 +97,84 @@ def _stop_event() -> threading.Event:
 
 
 def serve(settings: Settings, *, with_api: bool, with_workers: bool) -> int:
-    """Run the API and/or the local worker pool until SIGTERM or SIGINT."""
+    """Run the API and/or the executor (local workers or Ray) until SIGTERM or SIGINT."""
     from app.worker.pool import SPAWN, WorkerPool
 
     stop = _stop_event()
     semaphore = SPAWN.Semaphore(0) if with_api and with_workers else None
-    pool = WorkerPool(settings, semaphore=semaphore) if with_workers else None
-    api = (
-        SPAWN.Process(target=run_api, args=(settings, semaphore, os.getpid()), name="fitserve-api")
-        if with_api
-        else None
-    )
+    on_ray = with_workers and settings.executor == "ray"
+    pool = WorkerPool(settings, semaphore=semaphore) if with_workers and not on_ray else None
+    children = []
+    if on_ray:
+        children.append(
+            SPAWN.Process(
+                target=_run_ray_executor,
+                args=(settings, semaphore, os.getpid()),
+                name="fitserve-ray-executor",
+            )
+        )
+    if with_api:
+        children.append(
+            SPAWN.Process(
+                target=run_api, args=(settings, semaphore, os.getpid()), name="fitserve-api"
+            )
+        )
     if pool is not None:
         pool.start()
         logger.info("worker pool on devices %s", ", ".join(pool.devices))
-    if api is not None:
-        api.start()
+    for child in children:
+        child.start()
+    if with_api:
         logger.info("API on http://%s:%s (docs at /docs)", settings.host, settings.port)
     exit_code = 0
     while not stop.wait(0.5):
-        if api is not None and not api.is_alive():
-            logger.error("API process exited with %s", api.exitcode)
+        dead = [child for child in children if not child.is_alive()]
+        if dead:
+            logger.error("%s exited with %s", dead[0].name, dead[0].exitcode)
             exit_code = 1
             break
         if pool is not None:
             pool.replace_dead()
-    if api is not None and api.is_alive():
-        api.terminate()
+    for child in children:
+        if child.is_alive():
+            child.terminate()
     if pool is not None:
         pool.stop()
-    if api is not None:
-        api.join(settings.shutdown_grace_seconds)
+    for child in children:
+        # The Ray executor first gives its tasks the grace period to hand their runs back.
+        child.join(settings.shutdown_grace_seconds * 2)
     return exit_code
 
 
-def serve_command() -> None:
-    """API and local workers (one per device slot)."""
-    raise typer.Exit(serve(configured_settings(), with_api=True, with_workers=True))
+def _run_ray_executor(settings: Settings, semaphore: Any, parent_pid: int) -> None:
+    from app.worker.ray_executor import run_ray_executor
+
+    run_ray_executor(settings, semaphore, parent_pid)
+
+
+class Executor(StrEnum):
+    """What trains the runs: local worker processes or the Ray executor."""
+
+    LOCAL = "local"
+    RAY = "ray"
+
+
+ExecutorOption = Annotated[
+    Executor | None,
+    typer.Option(help="`local` worker processes or `ray` (default: FITSERVE_EXECUTOR)."),
+]
+
+
+def _with_executor(settings: Settings, executor: Executor | None) -> Settings:
+    if executor is None:
+        return settings
+    return settings.model_copy(update={"executor": executor.value})
+
+
+def serve_command(executor: ExecutorOption = None) -> None:
+    """API and workers: local ones (one per device slot) or the Ray executor."""
+    settings = _with_executor(configured_settings(), executor)
+    raise typer.Exit(serve(settings, with_api=True, with_workers=True))
 
 
 def api_command() -> None:
@@ -145,9 +187,10 @@ def worker_command(
         str | None,
         typer.Option(help="Comma-separated device slots (default: FITSERVE_DEVICES)."),
     ] = None,
+    executor: ExecutorOption = None,
 ) -> None:
-    """Workers alone, against the configured database."""
-    settings = configured_settings()
+    """Workers alone (local ones or the Ray executor), against the configured database."""
+    settings = _with_executor(configured_settings(), executor)
     if devices:
         settings = settings.model_copy(update={"devices": Settings(devices=devices).devices})
     raise typer.Exit(serve(settings, with_api=False, with_workers=True))

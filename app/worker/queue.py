@@ -355,3 +355,14 @@ def live_worker_devices(*, session: Session, since: datetime) -> set[str]:
             )
         ).all()
     )
+
+
+def heartbeat_node(*, session: Session, record: WorkerRecord) -> None:
+    """Mark a Ray node alive, adding its row the first time; its current run is kept."""
+    updated = session.execute(
+        update(WorkerRecord)
+        .where(WorkerRecord.id == record.id)
+        .values(heartbeat_at=utcnow(), stopped_at=None, host=record.host, device=record.device)
+    )
+    if updated.rowcount == 0:
+        session.add(record)

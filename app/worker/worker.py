@@ -1,16 +1,15 @@
 """A long-lived worker process: claims queued runs one at a time and trains them on its device."""
 
 import logging
+import math
 import os
-import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext, suppress
 from dataclasses import dataclass, field
 from datetime import timedelta
-from types import FrameType
 from typing import Any, TypeVar
 
 import torch
@@ -26,12 +25,20 @@ from app.datasets.service import load_table
 from app.errors import InvalidInputError
 from app.logs import log_context
 from app.notifications import relay_notifications
+from app.processes import stop_on_signals
 from app.runs import records
 from app.runs.models import FailureKind, RunStatus
 from app.sweeps import flows as sweeps
 from app.training.artifacts import CheckpointBlob, export_weights
 from app.training.data import Table
-from app.training.engine import EpochReport, Outcome, Trainer, estimation_error, warm_up
+from app.training.engine import (
+    EpochReport,
+    Outcome,
+    Replica,
+    Trainer,
+    estimation_error,
+    warm_up,
+)
 from app.training.spec import RunSpec
 from app.worker import queue
 from app.worker.failures import (
@@ -42,6 +49,7 @@ from app.worker.failures import (
 )
 from app.worker.faults import FaultInjector
 from app.worker.models import WorkerRecord
+from app.worker.replicas import local_replicas
 from app.worker.threads import supervised
 
 logger = logging.getLogger("fitserve.worker")
@@ -120,20 +128,9 @@ class Worker:
         self.stop_requested.set()
         self._wake.set()
 
-    @contextmanager
-    def signal_handlers(self) -> Iterator[None]:
+    def signal_handlers(self) -> AbstractContextManager[None]:
         """Turn SIGTERM and SIGINT into a graceful stop while the worker runs."""
-
-        def handle(_signum: int, _frame: FrameType | None) -> None:
-            # Only set events here: logging from a signal handler can deadlock on its lock.
-            self.request_stop()
-
-        previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGTERM, signal.SIGINT)}
-        try:
-            yield
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+        return stop_on_signals(self.request_stop)
 
     def run(self) -> None:
         """The worker loop: maintain the queue, claim, train, wait for a wake-up."""
@@ -145,13 +142,20 @@ class Worker:
             logger.warning("device %s is not usable", self.settings.device, exc_info=True)
         self._start_wake_sources()
         registered = False
+        maintained_at = -math.inf
+        # Whether a run ended since the worker's row was last refreshed: it still names it.
+        ran_since_maintenance = False
         try:
             while not self.stop_requested.is_set():
                 try:
                     if not registered:
                         self._register()
                         registered = True
-                    registered = self._maintain_queue()
+                    # Heartbeat and reaper once a beat, not before every claim: between
+                    # short runs they were a good part of each run's cost.
+                    if time.monotonic() - maintained_at >= self.settings.heartbeat_seconds:
+                        registered = self._maintain_queue()
+                        maintained_at = time.monotonic()
                     sweeps.advance_sweeps(database=self.database, settings=self.settings.service)
                     claim = self._claim()
                 except DBAPIError:
@@ -166,6 +170,11 @@ class Worker:
                         worker_id=self.settings.worker_id,
                     ):
                         self._after(RunExecution(self._context(), claim).run())
+                    ran_since_maintenance = True
+                    continue
+                if ran_since_maintenance:
+                    # Going idle: refresh the row first, so it no longer names the last run.
+                    ran_since_maintenance, maintained_at = False, -math.inf
                     continue
                 self._idle.set()
                 self._wake.wait(self.settings.poll_seconds)
@@ -199,11 +208,25 @@ class Worker:
         self.stop_requested.wait(self.settings.poll_seconds)
 
     def _context(self) -> "ExecutionContext":
+        settings = self.settings
+
+        def replicas(
+            claim: queue.Claim, spec: RunSpec, device: torch.device
+        ) -> AbstractContextManager[Replica | None]:
+            return local_replicas(
+                settings=settings.service,
+                threads=settings.torch_threads,
+                claim=claim,
+                spec=spec,
+                device=device,
+            )
+
         return ExecutionContext(
-            settings=self.settings,
+            settings=settings,
             database=self.database,
             store=self.store,
             stopping=self.stop_requested,
+            replicas=replicas,
         )
 
     def _register(self) -> None:
@@ -245,49 +268,81 @@ class Worker:
             )
 
     def _start_wake_sources(self) -> None:
-        if self._wakeup is not None:
-            self._spawn(self._relay_pool_wakeups)
-        if self.database.engine.dialect.name == "postgresql":
-            self._spawn(self._relay_notifications)
-
-    def _spawn(self, target: Callable[[], None]) -> None:
-        self._threads.append(
-            supervised(
-                target,
-                name=target.__name__,
+        self._threads.extend(
+            start_wake_relays(
+                database_url=self.settings.database_url,
+                wakeup=self._wakeup,
+                wake=self._wake,
+                ready=self._idle,
                 stop=self.stop_requested,
-                restart_delay=self.settings.poll_seconds,
+                retry_seconds=self.settings.poll_seconds,
             )
         )
 
-    def _relay_pool_wakeups(self) -> None:
-        # Only an idle worker takes an announcement, so a busy one never swallows it.
-        assert self._wakeup is not None
-        while not self.stop_requested.is_set():
-            self._idle.wait()
-            if self._wakeup.wait(timeout=0.5):
-                self._wake.set()
 
-    def _relay_notifications(self) -> None:
-        # Until LISTEN is back the worker still polls every poll_seconds.
+def start_wake_relays(
+    *,
+    database_url: str,
+    wakeup: Wakeup | None,
+    wake: threading.Event,
+    ready: threading.Event,
+    stop: threading.Event,
+    retry_seconds: float,
+) -> list[threading.Thread]:
+    """Threads that set `wake` on a pool's announcements and on PostgreSQL's NOTIFY.
+
+    An announcement is taken only while `ready` is set, so a busy worker never swallows one
+    that an idle sibling could act on. Until LISTEN is back the caller still polls.
+    """
+
+    def relay_pool_wakeups() -> None:
+        assert wakeup is not None
+        while not stop.is_set():
+            ready.wait()
+            if wakeup.wait(timeout=0.5):
+                wake.set()
+
+    def relay_postgres_notifications() -> None:
         relay_notifications(
-            database_url=self.settings.database_url,
+            database_url=database_url,
             channel=queue.NOTIFY_CHANNEL,
-            on_notify=lambda _payload: self._wake.set(),
-            stop=self.stop_requested,
-            retry_seconds=self.settings.poll_seconds,
+            on_notify=lambda _payload: wake.set(),
+            stop=stop,
+            retry_seconds=retry_seconds,
             logger=logger,
         )
+
+    relays = [relay_pool_wakeups] if wakeup is not None else []
+    if database_url.startswith("postgresql"):
+        relays.append(relay_postgres_notifications)
+    return [
+        supervised(relay, name=relay.__name__, stop=stop, restart_delay=retry_seconds)
+        for relay in relays
+    ]
+
+
+ReplicaLauncher = Callable[
+    [queue.Claim, RunSpec, torch.device], AbstractContextManager[Replica | None]
+]
+
+
+def single_process(
+    _claim: queue.Claim, _spec: RunSpec, _device: torch.device
+) -> AbstractContextManager[None]:
+    """The launcher of an executor that trains every run in one process."""
+    return nullcontext()
 
 
 @dataclass(frozen=True)
 class ExecutionContext:
-    """What one attempt needs from its worker: settings, storage and the stop signal."""
+    """What one attempt needs from its executor: settings, storage, the stop signal, and how
+    the processes of a data-parallel run are started (`replicas`)."""
 
     settings: WorkerSettings
     database: Database
     store: ArtifactStore
     stopping: threading.Event
+    replicas: ReplicaLauncher = single_process
 
 
 class RunExecution:
@@ -300,6 +355,8 @@ class RunExecution:
             context.settings.test_faults.get(claim.run_id), attempt=claim.attempt
         )
         self.checkpoint_every = 1
+        # The last epoch's report and checkpoint, which `_conclude` writes with the weights.
+        self._last_epoch: tuple[EpochReport, CheckpointBlob] | None = None
         # Objects replaced by the current transaction, and by the last committed one: the
         # next transaction releases those, saving each epoch a transaction of its own.
         self._replaced: list[str] = []
@@ -435,16 +492,18 @@ class RunExecution:
 
         # Fetching a stored dataset can take a while: not under SQLite's write lock.
         table, checkpoint = self._transaction(read, read=True)
-        trainer = Trainer(spec=spec, table=table, device=device)
-        if checkpoint is not None:
-            trainer.restore(checkpoint)
+        with self.context.replicas(self.claim, spec, device) as replica:
+            trainer = Trainer(spec=spec, table=table, device=device, replica=replica)
+            if checkpoint is not None:
+                trainer.restore(checkpoint)
 
-        def begin(session: Session) -> None:
-            queue.fence(session=session, claim=self.claim, epochs_done=trainer.epochs_done)
-            records.drop_epochs_after(session=session, run_id=run_id, epoch=trainer.epochs_done)
+            def begin(session: Session) -> None:
+                queue.fence(session=session, claim=self.claim, epochs_done=trainer.epochs_done)
+                records.drop_epochs_after(session=session, run_id=run_id, epoch=trainer.epochs_done)
 
-        self._transaction(begin)
-        self._conclude(trainer.run(self), trainer)
+            self._transaction(begin)
+            outcome = trainer.run(self)
+        self._conclude(outcome, trainer)
 
     def _spec(self) -> RunSpec:
         try:
@@ -469,21 +528,28 @@ class RunExecution:
             weights = export_weights(trainer.module, trainer.architecture)
             metrics = _final_metrics(report, outcome) if report else None
             errors = estimation_error(trainer)
+            last = self._last_epoch
+            store = self.context.store
+            staging = store.staged_bytes(last[1].tensors) if last else nullcontext(None)
+            with staging as checkpoint:
 
-            def succeed(session: Session, staged: StagedObject) -> None:
-                queue.finish(
-                    session=session,
-                    claim=self.claim,
-                    status=RunStatus.SUCCEEDED,
-                    metrics=metrics,
-                    estimation_error=errors,
-                )
-                replaced = records.save_weights(
-                    session=session, store=self.context.store, run_id=run_id, weights=staged
-                )
-                self._replaced.extend([replaced] if replaced else [])
+                def succeed(session: Session, staged: StagedObject) -> None:
+                    if last is not None and checkpoint is not None:
+                        # First, so that its epoch event comes before the final status event.
+                        self._record_epoch(session, last[0], (last[1], checkpoint))
+                    queue.finish(
+                        session=session,
+                        claim=self.claim,
+                        status=RunStatus.SUCCEEDED,
+                        metrics=metrics,
+                        estimation_error=errors,
+                    )
+                    replaced = records.save_weights(
+                        session=session, store=store, run_id=run_id, weights=staged
+                    )
+                    self._replaced.extend([replaced] if replaced else [])
 
-            self._storing(weights.data, succeed)
+                self._storing(weights.data, succeed)
             self._release_pending()
         elif outcome.status in ("diverged", "timeout"):
             kind = FailureKind.DIVERGED if outcome.status == "diverged" else FailureKind.TIMEOUT
@@ -566,8 +632,17 @@ class RunExecution:
         self.faults.before_batch(epoch, batch, n_batches)
 
     def epoch_finished(self, report: EpochReport, trainer: Trainer) -> None:
-        """Write the epoch row, with a checkpoint when one is due, in one transaction."""
-        due = report.epoch % self.checkpoint_every == 0 or report.epoch == trainer.spec.epochs
+        """Write the epoch row, with a checkpoint when one is due, in one transaction.
+
+        The last epoch's row and checkpoint are left to the run's final transaction, which
+        commits them with the weights and the final status: one transaction fewer per run.
+        """
+        if report.epoch == trainer.spec.epochs:
+            # Taken now: finishing may restore the best epoch's weights into the module.
+            self._last_epoch = (report, trainer.checkpoint())
+            self.faults.after_epoch(report.epoch, self.interrupted)
+            return
+        due = report.epoch % self.checkpoint_every == 0
         try:
             if due:
                 blob = trainer.checkpoint()

@@ -29,6 +29,8 @@ from tests.helpers import (
     D2L_SPEC,
     LocalWorkers,
     Pause,
+    assert_epochs_once,
+    epochs_of,
     free_port,
     long_spec,
     post_run,
@@ -36,10 +38,6 @@ from tests.helpers import (
     wait_for,
     wait_until,
 )
-
-
-def epochs_of(client: httpx.Client, run_id: int) -> list[dict]:
-    return client.get(f"/runs/{run_id}/epochs").json()
 
 
 def weights_sha(client: httpx.Client, run_id: int) -> str:
@@ -100,12 +98,6 @@ def worker_command(settings: Settings) -> Iterator[WorkerCommand]:
     command = WorkerCommand(settings)
     yield command
     command.stop_all()
-
-
-def assert_epochs_once(client: httpx.Client, run_id: int, epochs: int) -> list[dict]:
-    rows = epochs_of(client, run_id)
-    assert [row["epoch"] for row in rows] == list(range(1, epochs + 1))
-    return rows
 
 
 def test_kill_9_mid_epoch_resumes_from_the_checkpoint_with_identical_weights(

@@ -18,24 +18,9 @@ from app.training.artifacts import CheckpointBlob
 from app.training.data import materialize
 from app.training.engine import EpochReport, Replica, Trainer, estimation_error
 from app.training.spec import RunRequest, resolve_spec
+from tests.specs import D2L_SPEC as D2L
 
 WORLD_SIZE = 2
-# tests.helpers.D2L_SPEC, spelled out: the spawned replicas import this module, and the
-# helpers would make them import the whole service.
-D2L: dict[str, Any] = {
-    "dataset": {
-        "type": "synthetic_linear",
-        "n_samples": 1000,
-        "true_w": [2, -3.4],
-        "true_b": 4.2,
-        "noise": 0.01,
-    },
-    "model": {"type": "linear"},
-    "loss": "mse",
-    "optimizer": {"type": "sgd", "lr": 0.03},
-    "epochs": 3,
-    "batch_size": 10,
-}
 # Batches of 3 rows split 2 + 1 between the replicas, and the last batch of 1 row leaves
 # rank 1 nothing; Adam, clipping and a one-cycle schedule step on the averaged gradients.
 UNEVEN: dict[str, Any] = {

@@ -3,6 +3,7 @@
 import logging
 import os
 import threading
+from pathlib import Path
 
 import pytest
 import torch
@@ -96,3 +97,14 @@ def test_torch_threads_default_to_the_cores_shared_among_local_workers() -> None
     assert Settings().threads_per_worker(1) == cores
     assert Settings().threads_per_worker(cores * 2) == 1
     assert Settings(torch_threads=3).threads_per_worker(8) == 3
+
+
+def test_anchored_settings_name_the_sqlite_file_and_the_store_absolutely(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    anchored = Settings(database_url="sqlite:///./runs.db?timeout=5").anchored()
+    assert anchored.database_url == f"sqlite:///{tmp_path / 'runs.db'}?timeout=5"
+    assert anchored.artifacts == str(tmp_path / "fitserve-artifacts")
+    remote = Settings(database_url="postgresql+psycopg://db/x", artifacts="s3://b/p").anchored()
+    assert (remote.database_url, remote.artifacts) == ("postgresql+psycopg://db/x", "s3://b/p")
