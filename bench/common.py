@@ -14,6 +14,23 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+# The README's d2l linear regression, as the benches post it.
+D2L = {
+    "dataset": {
+        "type": "synthetic_linear",
+        "n_samples": 1000,
+        "true_w": [2, -3.4],
+        "true_b": 4.2,
+        "noise": 0.01,
+        "seed": 0,
+    },
+    "model": {"type": "linear"},
+    "loss": "mse",
+    "optimizer": {"type": "sgd", "lr": 0.03},
+    "epochs": 3,
+    "batch_size": 10,
+}
+
 # The libraries whose versions decide the numbers; each bench may add its own.
 LIBRARIES = ("torch", "fastapi", "starlette", "uvicorn", "sqlalchemy", "pydantic", "psycopg")
 

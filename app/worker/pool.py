@@ -18,7 +18,6 @@ from app.config import Settings
 from app.database import make_engine, make_session_factory, unit_of_work
 from app.processes import exit_with_parent
 from app.worker import queue
-from app.worker.worker import Wakeup, Worker, WorkerSettings
 
 logger = logging.getLogger("fitserve.pool")
 SPAWN = multiprocessing.get_context("spawn")
@@ -53,6 +52,10 @@ def run_worker(
     `local_workers` is how many workers share this machine's cores.
     """
     from app.logs import configure_logging
+
+    # Here, not at the top: torch is most of its import time, and the supervisor that
+    # imports this module to start its workers needs none of it.
+    from app.worker.worker import Wakeup, Worker, WorkerSettings
 
     if parent_pid is not None:
         exit_with_parent(parent_pid)
