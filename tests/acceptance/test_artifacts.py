@@ -24,7 +24,15 @@ from app.artifacts.store import ArtifactStore, open_store
 from app.config import Settings
 from app.database import make_engine
 from app.main import create_app
-from tests.helpers import S3_BUCKET, ApiServer, LocalWorkers, post_run, storage_env, wait_for
+from tests.helpers import (
+    S3_BUCKET,
+    ApiServer,
+    LocalWorkers,
+    post_run,
+    storage_env,
+    wait_for,
+    wait_until,
+)
 
 FITSERVE = Path(sys.executable).with_name("fitserve")
 
@@ -180,8 +188,9 @@ def test_a_checkpoint_replaced_by_the_next_is_deleted(stack: Stack):
     stack.workers.start()
     run = _run_on(stack, uploaded.json()["id"], epochs=5)
     wait_for(stack.client, run["id"], "succeeded")
-    # The table, the last checkpoint and the weights: four epochs' checkpoints were released.
-    assert len(_stored(stack.store)) == 3
+    # The table, the last checkpoint and the weights: four epochs' checkpoints were released,
+    # the last of them just after the final commit (it is replaced in that transaction).
+    wait_until(lambda: len(_stored(stack.store)) == 3, timeout=10, message="three objects stored")
     assert set(_stored(stack.store)) == set(_recorded(stack.settings))
     engine = make_engine(stack.settings.database_url)
     try:
