@@ -18,7 +18,15 @@ from app.config import Settings
 from app.database import make_engine
 from app.main import create_app
 from app.worker.pool import SPAWN
-from tests.helpers import S3_BUCKET, ApiServer, LocalWorkers, free_port, wait_until
+from tests.helpers import (
+    S3_BUCKET,
+    ApiServer,
+    LocalWorkers,
+    allow_connections,
+    free_port,
+    start_worker_server,
+    wait_until,
+)
 
 
 def _execute(database_url: str, *statements: str) -> None:
@@ -38,6 +46,8 @@ def database_url(tmp_path_factory: pytest.TempPathFactory) -> str:
         f"sqlite:///{Path(tmp_path_factory.mktemp('db')) / 'fitserve.db'}"
     )
     if url.startswith("postgresql"):
+        # A session killed during the outage test must not leave the database refusing us.
+        allow_connections(url, allowed=True)
         _execute(url, "DROP SCHEMA public CASCADE", "CREATE SCHEMA public")
     upgrade_database(Settings(database_url=url, artifacts=str(tmp_path_factory.mktemp("store"))))
     return url
@@ -45,7 +55,11 @@ def database_url(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 @pytest.fixture(scope="session")
 def settings(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    """Settings tuned for tests: short leases and polls, and auth off unless a test turns it on."""
+    """Settings tuned for tests: short polls and beats, and auth off unless a test turns it on.
+
+    The lease is production's: a test that needs one to run out moves the clock instead
+    (`LocalWorkers.expire`), so slow beats on a loaded machine never lose a lease.
+    """
     return Settings(
         database_url=database_url,
         artifacts=str(tmp_path_factory.mktemp("artifacts")),
@@ -54,7 +68,6 @@ def settings(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Set
         devices=["cpu"],
         # Several workers share the machine's two cores in some tests.
         torch_threads=1,
-        lease_seconds=3.0,
         sqlite_busy_timeout_seconds=1.0,
         heartbeat_seconds=0.25,
         poll_seconds=0.25,
@@ -68,13 +81,16 @@ def store(settings: Settings) -> ArtifactStore:
     return open_store(settings)
 
 
-@pytest.fixture(scope="session")
-def s3_endpoint() -> Iterator[str]:
-    """moto's standalone S3 server on loopback, with credentials set the usual AWS way.
+S3_ENVIRONMENT = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
 
-    The variables are set for the rest of the session, so s3fs finds the server in this
-    process and in the worker processes and commands the tests start.
-    """
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[str]:
+    """moto's standalone S3 server on loopback, with the tests' bucket, once per session."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     server = subprocess.Popen(
@@ -89,22 +105,28 @@ def s3_endpoint() -> Iterator[str]:
         except httpx.TransportError:
             return False
 
-    environment = {
-        "AWS_ENDPOINT_URL": url,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
     try:
         wait_until(answers, timeout=30, message="moto server answering")
         with pytest.MonkeyPatch.context() as patch:
-            for name, value in environment.items():
+            for name, value in {**S3_ENVIRONMENT, "AWS_ENDPOINT_URL": url}.items():
                 patch.setenv(name, value)
-            url_to_fs(f"s3://{S3_BUCKET}")[0].mkdir(S3_BUCKET)
-            yield url
+            url_to_fs(f"s3://{S3_BUCKET}", skip_instance_cache=True)[0].mkdir(S3_BUCKET)
+        yield url
     finally:
         server.terminate()
         server.wait(10)
+
+
+@pytest.fixture
+def s3_endpoint(s3_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """moto's S3 server, with credentials set the usual AWS way for this test only.
+
+    s3fs finds the server through them in this process, and in the worker processes and
+    commands the test starts; they are gone after the test.
+    """
+    for name, value in {**S3_ENVIRONMENT, "AWS_ENDPOINT_URL": s3_server}.items():
+        monkeypatch.setenv(name, value)
+    return s3_server
 
 
 @pytest.fixture
@@ -147,9 +169,17 @@ def client(api: ApiServer) -> Iterator[httpx.Client]:
         yield http
 
 
+@pytest.fixture(scope="session")
+def worker_server() -> None:
+    """The fork server that test workers start from, started once per session."""
+    start_worker_server()
+
+
 @pytest.fixture
-def workers(settings: Settings, semaphore: object) -> Iterator[LocalWorkers]:
+def workers(
+    settings: Settings, semaphore: object, worker_server: None, tmp_path: Path
+) -> Iterator[LocalWorkers]:
     """Start, kill and stop real worker processes; all are stopped after the test."""
-    pool = LocalWorkers(settings, semaphore)
+    pool = LocalWorkers(settings, semaphore, tmp_path / "worker-logs")
     yield pool
     pool.stop_all()

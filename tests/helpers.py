@@ -1,5 +1,6 @@
 """Test helpers: real worker processes and waiting on run states with deadlines."""
 
+import multiprocessing
 import os
 import signal
 import socket
@@ -8,17 +9,25 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from multiprocessing.context import SpawnProcess
+from datetime import timedelta
+from multiprocessing import forkserver
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import uvicorn
 from fastapi import FastAPI
+from sqlalchemy import make_url, select, text, update
 
 from app.config import RunFaults, Settings
-from app.worker.pool import SPAWN, new_worker_id, run_worker
+from app.database import make_engine, utcnow
+from app.runs.models import Checkpoint, Run
+from app.worker.models import WorkerRecord
+from app.worker.pool import new_worker_id
 from tests.specs import D2L_SPEC as D2L_SPEC
+from tests.worker_process import run_test_worker
 
 FINAL = {"succeeded", "failed", "cancelled"}
 
@@ -83,15 +92,40 @@ class ApiServer:
         self.app.state.database.dispose()
 
 
+# The test workers' fork server: it imports the worker stack and warms torch up once, so a
+# worker starts in milliseconds instead of seconds. Production's spawn path stays covered by
+# the supervisor (`fitserve worker`/`serve`) and Ray tests.
+WORKER_SERVER = multiprocessing.get_context("forkserver")
+WORKER_SERVER.set_forkserver_preload(["tests.worker_preload"])
+# Faults that end the worker process itself, by SIGKILL.
+KILLING_FAULTS = {"kill_at_epoch", "kill_before_commit_at_epoch"}
+
+
+def start_worker_server() -> None:
+    """Start the fork server with this checkout importable, whatever the working directory.
+
+    Python 3.11's fork server ignores the parent's sys.path, so `tests` must be found on
+    PYTHONPATH; the variable is set only while the server starts.
+    """
+    root = str(Path(__file__).resolve().parent.parent)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [root, os.getenv("PYTHONPATH")])))
+        forkserver.ensure_running()
+
+
 @dataclass
 class WorkerHandle:
-    """One worker process."""
+    """One worker process, and the file its log goes to."""
 
     worker_id: str
-    process: SpawnProcess
+    process: BaseProcess
+    log: Path
+    # Whether the test means this worker to die other than by a graceful stop.
+    may_die: bool = False
 
     def kill(self) -> None:
         """SIGKILL, like a machine losing power."""
+        self.may_die = True
         os.kill(self.process.pid or 0, signal.SIGKILL)
         self.process.join(10)
 
@@ -99,14 +133,24 @@ class WorkerHandle:
         """SIGTERM, like an orchestrator stopping the container."""
         self.process.terminate()
 
+    def logged(self) -> str:
+        """What the worker has logged so far."""
+        return self.log.read_text(errors="replace")
+
 
 class LocalWorkers:
-    """Real worker processes started with the same entry point `fitserve` uses."""
+    """Real worker processes running the entry point `fitserve` uses, forked pre-warmed."""
 
-    def __init__(self, settings: Settings, semaphore: Any) -> None:
+    def __init__(self, settings: Settings, semaphore: Any, log_dir: Path) -> None:
         self.settings = settings
         self.semaphore = semaphore
+        self.log_dir = log_dir
+        log_dir.mkdir(parents=True, exist_ok=True)
         self.handles: list[WorkerHandle] = []
+        # A test starts from an empty wake-up semaphore: a permit left by an earlier test
+        # would wake a worker that the announcement under test failed to wake.
+        while semaphore.acquire(False):
+            pass
 
     def start(
         self,
@@ -126,33 +170,73 @@ class LocalWorkers:
             }
         settings = self.settings.model_copy(update=overrides)
         worker_id = new_worker_id(device)
-        process = SPAWN.Process(
-            target=run_worker,
+        log = self.log_dir / f"worker-{len(self.handles)}.log"
+        process = WORKER_SERVER.Process(
+            target=run_test_worker,
             # Not a daemon, which could not start a data-parallel run's processes; it still
-            # dies with this process, as a pool's workers die with theirs.
+            # dies with the fork server, which dies with this process.
             args=(
                 settings,
                 worker_id,
                 device,
                 self.semaphore if pool_wakeup else None,
-                os.getpid(),
+                dict(os.environ),
+                str(log),
             ),
         )
         process.start()
-        handle = WorkerHandle(worker_id, process)
+        killing = any(KILLING_FAULTS & fault.keys() for fault in (faults or {}).values())
+        handle = WorkerHandle(worker_id, process, log, may_die=killing)
         self.handles.append(handle)
         return handle
 
+    def expire(self, handle: WorkerHandle) -> None:
+        """Once `handle` has died, move the clock past its leases and its last heartbeat.
+
+        The next worker's reaper then takes its runs and retires it at once, as it would a
+        lease's length later.
+        """
+        wait_until(lambda: handle.process.exitcode is not None, message="the worker dead")
+        age = timedelta(seconds=self.settings.lease_seconds + 1)
+        engine = make_engine(self.settings.database_url)
+        try:
+            with engine.begin() as connection:
+                connection.execute(
+                    update(Run)
+                    .where(Run.worker_id == handle.worker_id)
+                    .values(lease_expires_at=utcnow() - age)
+                )
+                connection.execute(
+                    update(WorkerRecord)
+                    .where(WorkerRecord.id == handle.worker_id)
+                    .values(heartbeat_at=utcnow() - age)
+                )
+        finally:
+            engine.dispose()
+
     def stop_all(self) -> None:
-        """Stop every worker still running, gracefully, then by force."""
+        """Stop every worker still running, gracefully, then by force; then check exit codes.
+
+        A worker that crashed, or did not stop in time, fails the test even after the
+        test's own assertions passed.
+        """
         for handle in self.handles:
             if handle.process.is_alive():
                 handle.process.terminate()
+        failures = []
         for handle in self.handles:
             handle.process.join(20)
             if handle.process.is_alive():
                 handle.process.kill()
                 handle.process.join()
+                failures.append(f"{handle.worker_id} did not stop in 20 s")
+            elif handle.process.exitcode != 0 and not handle.may_die:
+                failures.append(f"{handle.worker_id} exited with {handle.process.exitcode}")
+        if failures:
+            logs = "\n".join(
+                f"--- {handle.log.name}\n{handle.logged()[-4000:]}" for handle in self.handles
+            )
+            raise AssertionError("; ".join(failures) + "\n" + logs)
 
 
 class Pause:
@@ -168,6 +252,10 @@ class Pause:
     def after_epoch(self, epoch: int) -> dict[str, Any]:
         """The faults that pause there."""
         return {"pause_after_epoch": epoch, "pause_dir": str(self.folder)}
+
+    def in_epoch(self, epoch: int) -> dict[str, Any]:
+        """The faults that pause halfway through an epoch, before its middle batch."""
+        return {"pause_in_epoch": epoch, "pause_dir": str(self.folder)}
 
     def wait(self) -> None:
         """Return once the worker has paused."""
@@ -260,3 +348,40 @@ def assert_epochs_once(client: httpx.Client, run_id: int, epochs: int) -> list[d
     rows = epochs_of(client, run_id)
     assert [row["epoch"] for row in rows] == list(range(1, epochs + 1))
     return rows
+
+
+def checkpoint_position(settings: Settings, run_id: int) -> tuple[int, int, int]:
+    """The run's checkpoint as (attempt, epochs done, batches done in the next epoch)."""
+    engine = make_engine(settings.database_url)
+    try:
+        with engine.connect() as connection:
+            row = connection.execute(
+                select(Checkpoint.attempt, Checkpoint.epoch, Checkpoint.batch).where(
+                    Checkpoint.run_id == run_id
+                )
+            ).one()
+    finally:
+        engine.dispose()
+    return row.attempt, row.epoch, row.batch
+
+
+def allow_connections(database_url: str, *, allowed: bool) -> None:
+    """Let a PostgreSQL database take connections, or refuse new ones and end every open one."""
+    url = make_url(database_url)
+    # From the maintenance database: no session may refuse its own database.
+    engine = make_engine(url.set(database="postgres").render_as_string(hide_password=False))
+    try:
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+            connection.execute(
+                text(f'ALTER DATABASE "{url.database}" ALLOW_CONNECTIONS {str(allowed).lower()}')
+            )
+            if not allowed:
+                connection.execute(
+                    text(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE datname = :name"
+                    ),
+                    {"name": url.database},
+                )
+    finally:
+        engine.dispose()

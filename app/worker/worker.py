@@ -121,7 +121,6 @@ class Worker:
         self._wake = threading.Event()
         self._idle = threading.Event()
         self._wakeup = wakeup
-        self._threads: list[threading.Thread] = []
 
     def request_stop(self) -> None:
         """Ask the worker to finish the current batch, checkpoint, hand its run back and exit."""
@@ -185,8 +184,8 @@ class Worker:
             self._idle.set()
             with suppress(DBAPIError), unit_of_work(self.database.sessions) as session:
                 queue.unregister_worker(session=session, worker_id=self.settings.worker_id)
-            for thread in self._threads:
-                thread.join(timeout=2)
+            # The wake relays are daemon threads with nothing to flush: joining them would
+            # make every stop wait out their poll of the semaphore or the LISTEN connection.
             self.database.dispose()
 
     def _after(self, error: Exception | None) -> None:
@@ -268,15 +267,13 @@ class Worker:
             )
 
     def _start_wake_sources(self) -> None:
-        self._threads.extend(
-            start_wake_relays(
-                database_url=self.settings.database_url,
-                wakeup=self._wakeup,
-                wake=self._wake,
-                ready=self._idle,
-                stop=self.stop_requested,
-                retry_seconds=self.settings.poll_seconds,
-            )
+        start_wake_relays(
+            database_url=self.settings.database_url,
+            wakeup=self._wakeup,
+            wake=self._wake,
+            ready=self._idle,
+            stop=self.stop_requested,
+            retry_seconds=self.settings.poll_seconds,
         )
 
 
@@ -300,6 +297,10 @@ def start_wake_relays(
         while not stop.is_set():
             ready.wait()
             if wakeup.wait(timeout=0.5):
+                if stop.is_set():
+                    # Taken while stopping: the announcement is a sibling's to act on.
+                    wakeup.notify()
+                    return
                 wake.set()
 
     def relay_postgres_notifications() -> None:
@@ -629,7 +630,7 @@ class RunExecution:
 
     def before_batch(self, epoch: int, batch: int, n_batches: int) -> None:
         """Where test faults strike."""
-        self.faults.before_batch(epoch, batch, n_batches)
+        self.faults.before_batch(epoch, batch, n_batches, self.interrupted)
 
     def epoch_finished(self, report: EpochReport, trainer: Trainer) -> None:
         """Write the epoch row, with a checkpoint when one is due, in one transaction.

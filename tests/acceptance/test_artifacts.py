@@ -49,7 +49,11 @@ class Stack:
 
 @pytest.fixture(params=["local", "s3"])
 def stack(
-    request: pytest.FixtureRequest, settings: Settings, semaphore: object, tmp_path: Path
+    request: pytest.FixtureRequest,
+    settings: Settings,
+    semaphore: object,
+    worker_server: None,
+    tmp_path: Path,
 ) -> Iterator[Stack]:
     """The API and local workers configured with a local store or an S3 prefix."""
     if request.param == "s3":
@@ -59,7 +63,7 @@ def stack(
         url = str(tmp_path / "store")
     configured = settings.model_copy(update={"artifacts": url})
     app = create_app(configured, wakeup=semaphore.release)  # type: ignore[attr-defined]
-    workers = LocalWorkers(configured, semaphore)
+    workers = LocalWorkers(configured, semaphore, tmp_path / "worker-logs")
     with ApiServer(app) as server, httpx.Client(base_url=server.url, timeout=60) as client:
         try:
             yield Stack(client, configured, open_store(configured), workers)
@@ -171,6 +175,7 @@ def test_a_worker_killed_between_publishing_and_committing_leaves_no_dangling_ro
     _assert_no_row_lacks_its_object(stack)
     assert [row["epoch"] for row in stack.client.get(f"/runs/{run['id']}/epochs").json()] == [1]
 
+    stack.workers.expire(killed)
     stack.workers.start()
     wait_for(stack.client, run["id"], "succeeded", timeout=60)
     epochs = stack.client.get(f"/runs/{run['id']}/epochs").json()

@@ -44,6 +44,7 @@ def test_a_killed_data_parallel_run_resumes_from_its_checkpoint(
     first = workers.start(faults={run["id"]: {"kill_at_epoch": 2}})
     first.process.join(90)
     assert first.process.exitcode == -9
+    workers.expire(first)
     workers.start()
     finished = wait_for(client, run["id"], timeout=120)
     assert finished["status"] == "succeeded", finished

@@ -51,6 +51,7 @@ def test_a_worker_killed_before_the_final_commit_leaves_the_run_to_finish_once(
     assert client.get(f"/runs/{killed_run['id']}").json()["status"] == "running"
     assert client.get(f"/runs/{killed_run['id']}/weights").status_code == 409
 
+    workers.expire(first)
     workers.start()
     run = wait_for(client, killed_run["id"], timeout=60)
     assert run["status"] == "succeeded", run
