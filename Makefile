@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # keeps pip from pulling a multi-GB CUDA build for the unpinned dependency.
 TORCH_PIN ?= torch==2.13.*
 
-.PHONY: install run test lint clean
+.PHONY: install run test check lint screenshots clean
 
 # `make test TESTS=tests/unit` runs one tier; empty runs all but the fuzz and browser tiers,
 # which `make test TESTS="tests/fuzz -m fuzz"` and `make test TESTS="tests/browser -m browser"`
@@ -32,8 +32,18 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: lint
+test: lint check
+
+# The suite alone, without ruff: what `make test` runs after it, and what CI runs for the
+# passes after the first.
+check: install
 	$(BIN)/pytest $(TESTS)
+
+# The browser tier writes its screenshots to build/screenshots; this copies them over the
+# ones the docs show.
+screenshots: install
+	$(BIN)/pytest tests/browser -m browser
+	cp build/screenshots/*.png docs/screenshots/
 
 clean:
 	rm -rf $(VENV) fitserve.db fitserve.db-wal fitserve.db-shm

@@ -17,6 +17,8 @@ from app.main import create_app
 from fitserve_client import Client
 from tests.helpers import D2L_SPEC, ApiServer, LocalWorkers, storage_env
 
+# The commands are HTTP clients of the API: what they do does not depend on its database.
+pytestmark = pytest.mark.once
 FITSERVE = Path(sys.executable).with_name("fitserve")
 IRIS = Path(str(resources.files("app.datasets").joinpath("builtin", "iris.csv")))
 

@@ -185,6 +185,7 @@ def test_metrics_are_for_admins(settings: Settings, keys):
         assert total(_samples(admin.text), "fitserve_database_up") == 1
 
 
+@pytest.mark.once
 def test_metrics_can_be_turned_off(settings: Settings):
     with (
         ApiServer(create_app(settings.model_copy(update={"metrics": False}))) as server,
@@ -193,6 +194,7 @@ def test_metrics_can_be_turned_off(settings: Settings):
         assert http.get("/metrics").status_code == 404
 
 
+@pytest.mark.once
 def test_an_unreachable_database_leaves_the_predict_metrics(tmp_path: Path):
     engine = create_engine(f"sqlite:///{tmp_path / 'missing' / 'no.db'}")
     collector = DatabaseCollector(sessions=sessionmaker(engine), silent_after_seconds=3)
@@ -202,6 +204,7 @@ def test_an_unreachable_database_leaves_the_predict_metrics(tmp_path: Path):
     engine.dispose()
 
 
+@pytest.mark.once
 def test_latencies_fall_in_the_first_bucket_they_fit():
     recorder = PredictRecorder()
     for seconds in (LATENCY_BUCKETS[0], LATENCY_BUCKETS[0] * 1.01, 0.0, 60.0):
@@ -221,6 +224,7 @@ def test_latencies_fall_in_the_first_bucket_they_fit():
     ] == [({"handler": "fast_path", "status": "200"}, 4)]
 
 
+@pytest.mark.once
 def test_db_upgrade_prints_no_alembic_chatter(tmp_path: Path):
     url = f"sqlite:///{tmp_path / 'fresh.db'}"
     env = {**os.environ, "FITSERVE_DATABASE_URL": url, "FITSERVE_LOG_LEVEL": "INFO"}

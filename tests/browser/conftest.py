@@ -27,7 +27,8 @@ from playwright.sync_api import (
 )
 
 CHROMIUM = os.environ.get("FITSERVE_CHROMIUM", "/usr/bin/chromium")
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+# Into the build folder; `make screenshots` copies them over the ones docs/ shows.
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "build" / "screenshots"
 LOCAL_HOSTS = {"127.0.0.1"}
 # Runs train in worker processes on a shared machine: give them time.
 expect.set_options(timeout=20_000)
@@ -76,7 +77,7 @@ class Watched:
     outside: list[str] = field(default_factory=list)
 
     def screenshot(self, name: str, *, full_page: bool = True) -> None:
-        """Save the page (or only the window) to docs/screenshots/NAME.png."""
+        """Save the page (or only the window) to build/screenshots/NAME.png."""
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         self.page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=full_page)
 

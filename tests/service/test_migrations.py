@@ -69,6 +69,7 @@ def _assert_matches_models(url: str) -> None:
     assert tables >= TABLES
 
 
+@pytest.mark.once
 def test_upgrade_of_an_empty_sqlite_database(tmp_path: Path):
     url = f"sqlite:///{tmp_path / 'empty.db'}"
     upgrade_database(Settings(database_url=url))
