@@ -72,6 +72,12 @@ class RunFaults(BaseModel):
         "`<pause_dir>/paused` and wait until `<pause_dir>/resume` exists or the attempt is "
         "interrupted: a test acts on a worker stopped at a known point instead of racing it.",
     )
+    pause_in_epoch: int | None = Field(
+        None,
+        ge=1,
+        description="Pause as `pause_after_epoch` does, but halfway through this epoch, "
+        "before its middle batch: a stop then ends the attempt with a mid-epoch checkpoint.",
+    )
     pause_dir: str | None = Field(None, description="Where the pause files are.")
     pause_ignores_stop: bool = Field(
         False, description="Stay paused through a stop: a worker that does not stop in time."

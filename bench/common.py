@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+import httpx
+
 # The README's d2l linear regression, as the benches post it.
 D2L = {
     "dataset": {
@@ -40,6 +42,19 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def wait_for_health(url: str, timeout: float = 60) -> None:
+    """Wait until the API at `url` answers /healthz with 200."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"the API at {url} did not start")
 
 
 def cpu_model() -> str:

@@ -47,18 +47,6 @@ def chunks(path: Path) -> Iterator[bytes]:
             yield chunk
 
 
-def wait_for_health(url: str) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError("the API did not start")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", type=int, default=10_000_000)
@@ -87,7 +75,7 @@ def main() -> None:
         api = subprocess.Popen([BIN / "fitserve", "api"], env=env, stderr=subprocess.DEVNULL)
         worker = subprocess.Popen([BIN / "fitserve", "worker"], env=env)
         try:
-            wait_for_health(url)
+            common.wait_for_health(url)
             with httpx.Client(base_url=url, timeout=3600) as client:
                 started = time.perf_counter()
                 uploaded = client.post(

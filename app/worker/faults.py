@@ -29,11 +29,15 @@ class FaultInjector:
         """Whether this attempt stops renewing its lease, like a worker cut off from the DB."""
         return self._attempt <= self._faults.stall_heartbeat_on_attempts
 
-    def before_batch(self, epoch: int, batch: int, n_batches: int) -> None:
-        """Die, or run out of memory, halfway through the named epoch."""
+    def before_batch(
+        self, epoch: int, batch: int, n_batches: int, interrupted: Callable[[], bool]
+    ) -> None:
+        """Die, run out of memory, or pause, halfway through the named epoch."""
         if batch != n_batches // 2:
             return
         faults = self._faults
+        if faults.pause_in_epoch == epoch:
+            self._pause(interrupted)
         if faults.kill_at_epoch == epoch and self._attempt <= faults.kill_on_attempts:
             logger.warning("test fault: killing worker pid %s in epoch %s", os.getpid(), epoch)
             os.kill(os.getpid(), signal.SIGKILL)
@@ -52,17 +56,21 @@ class FaultInjector:
 
     def after_epoch(self, epoch: int, interrupted: Callable[[], bool]) -> None:
         """Pause at a named point until the test says so; or linger, to make a run long."""
-        faults = self._faults
-        folder = Path(faults.pause_dir) if faults.pause_dir else None
-        if faults.pause_after_epoch == epoch and folder and not (folder / "paused").exists():
-            (folder / "paused").touch()
-            # A stop, a cancel or a fence ends the pause as it would end training, unless the
-            # test wants a worker that hangs.
-            while not (folder / "resume").exists() and (
-                faults.pause_ignores_stop or not interrupted()
-            ):
-                time.sleep(0.01)
+        if self._faults.pause_after_epoch == epoch:
+            self._pause(interrupted)
         if self._faults.epoch_sleep_seconds:
             deadline = time.monotonic() + self._faults.epoch_sleep_seconds
             while not interrupted() and time.monotonic() < deadline:
                 time.sleep(0.05)
+
+    def _pause(self, interrupted: Callable[[], bool]) -> None:
+        """Wait at this point, the first time any attempt reaches it, until told to go on."""
+        faults = self._faults
+        folder = Path(faults.pause_dir) if faults.pause_dir else None
+        if folder is None or (folder / "paused").exists():
+            return
+        (folder / "paused").touch()
+        # A stop, a cancel or a fence ends the pause as it would end training, unless the
+        # test wants a worker that hangs.
+        while not (folder / "resume").exists() and (faults.pause_ignores_stop or not interrupted()):
+            time.sleep(0.01)

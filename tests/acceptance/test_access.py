@@ -2,7 +2,6 @@
 
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -147,9 +146,8 @@ def test_another_projects_objects_are_not_found_and_listings_are_scoped(
     assert owner.get(f"/runs/{run_id}").json()["status"] == "succeeded"
 
 
-def test_a_revoked_key_stops_working_on_every_api_process_within_a_second(
-    settings: Settings, make_key
-):
+def test_a_revoked_key_stops_working_on_every_api_process(settings: Settings, make_key):
+    # How soon is bench/key_revocation.py's to measure; FITSERVE_KEY_POLL_SECONDS bounds it.
     admin_key = make_key("ops", "admin")
     key = make_key("team", "predict")
     with (
@@ -165,14 +163,11 @@ def test_a_revoked_key_stops_working_on_every_api_process_within_a_second(
             if key.startswith(f"fsk_{item['prefix']}_")
         )
         assert _client(first, admin_key).delete(f"/keys/{key_id}").status_code == 204
-        revoked_at = time.monotonic()
         for client in clients:
             wait_until(
                 lambda client=client: client.get("/models").status_code == 401,
-                timeout=5,
                 message="the revoked key refused",
             )
-        assert time.monotonic() - revoked_at < 1.0
 
 
 def test_quotas_answer_429_naming_the_quota(secured, make_key):
@@ -235,8 +230,11 @@ def test_every_write_is_audited_with_key_project_and_address(secured, make_key):
         assert (event["project"], event["key_id"], event["object_type"]) == (project, key_id, "run")
         assert (event["object_id"], event["address"]) == (str(run_id), "127.0.0.1")
     assert rest["next_cursor"] is None
+    # The key itself was made by an operator of project default: that write is audited too.
     created = admin.get("/audit", params={"project": "default"}).json()["items"]
-    assert {"key.create"} <= {event["action"] for event in created}
+    assert ("key.create", "key", str(key_id)) in {
+        (event["action"], event["object_type"], event["object_id"]) for event in created
+    }
 
 
 def test_every_protected_operation_answers_401_without_a_key(secured):

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pyarrow as pa
 import pytest
+import safetensors.torch
 import yaml
 from pydantic import BaseModel
 
@@ -78,7 +79,12 @@ def test_d2l_run_waits_streams_events_and_resumes_without_duplicates(
 
     weights = fitserve.runs.weights(run.id)
     assert weights.tensors["net.0.weight"].shape == [1, 2]
-    assert fitserve.runs.weights_file(run.id)[:8]  # a safetensors header
+    # The file is safetensors holding the same tensors as the JSON form.
+    stored = safetensors.torch.load(fitserve.runs.weights_file(run.id))
+    assert {name: list(tensor.shape) for name, tensor in stored.items()} == {
+        name: tensor.shape for name, tensor in weights.tensors.items()
+    }
+    assert stored["net.0.weight"].tolist() == weights.tensors["net.0.weight"].values
 
 
 def test_async_client_does_the_same(api: ApiServer, workers: LocalWorkers, tmp_path: Path):
@@ -106,6 +112,7 @@ def test_async_client_does_the_same(api: ApiServer, workers: LocalWorkers, tmp_p
     assert resumed == events[1:]
 
 
+@pytest.mark.once
 def test_wait_polls_when_the_server_has_no_event_stream(
     fitserve: Client, workers: LocalWorkers, monkeypatch: pytest.MonkeyPatch
 ):
@@ -123,6 +130,7 @@ def test_wait_polls_when_the_server_has_no_event_stream(
         fitserve.runs.wait(10**6, timeout=5)
 
 
+@pytest.mark.once
 def test_wait_times_out(fitserve: Client):
     run = fitserve.runs.create(D2L_SPEC)  # no worker: it stays queued
     with pytest.raises(TimeoutError, match=f"run {run.id}"):
@@ -132,6 +140,7 @@ def test_wait_times_out(fitserve: Client):
     assert _statuses(list(fitserve.runs.events(run.id)))[-1] == "cancelled"
 
 
+@pytest.mark.once
 def test_runs_list_walks_every_page(fitserve: Client, monkeypatch: pytest.MonkeyPatch):
     created = [fitserve.runs.create(D2L_SPEC).id for _ in range(5)]
     monkeypatch.setattr(client_api, "MAX_PAGE_SIZE", 2)
@@ -144,6 +153,7 @@ def test_runs_list_walks_every_page(fitserve: Client, monkeypatch: pytest.Monkey
         fitserve.runs.get(created[0])
 
 
+@pytest.mark.once
 def test_errors_carry_the_detail(fitserve: Client):
     with pytest.raises(ValidationError) as invalid:
         fitserve.runs.create({**D2L_SPEC, "epochs": 0})
@@ -167,6 +177,7 @@ def test_errors_carry_the_detail(fitserve: Client):
         list(fitserve.runs.events(10**6))
 
 
+@pytest.mark.once
 def test_datasets_upload_from_a_path_and_from_an_arrow_table(fitserve: Client):
     seen: list[tuple[int, int | None]] = []
     dataset = fitserve.datasets.upload(
@@ -190,6 +201,7 @@ def test_datasets_upload_from_a_path_and_from_an_arrow_table(fitserve: Client):
         fitserve.datasets.get(from_table.id)
 
 
+@pytest.mark.once
 def test_datasets_upload_json_and_bad_uploads(fitserve: Client, tmp_path: Path):
     path = tmp_path / "tiny.json"
     path.write_text(json.dumps([{"x": 1.0, "y": "a"}, {"x": 2.0, "y": "b"}, {"x": 3, "y": "a"}]))
@@ -202,6 +214,7 @@ def test_datasets_upload_json_and_bad_uploads(fitserve: Client, tmp_path: Path):
         fitserve.datasets.upload(bad, target="a")
 
 
+@pytest.mark.once
 def test_register_alias_and_predict_by_name(fitserve: Client, workers: LocalWorkers):
     workers.start()
     run = fitserve.runs.wait(fitserve.runs.create(D2L_SPEC).id, timeout=60)
@@ -228,6 +241,7 @@ def test_register_alias_and_predict_by_name(fitserve: Client, workers: LocalWork
     assert fitserve.models.list() == []
 
 
+@pytest.mark.once
 def test_compare_runs(fitserve: Client):
     first = fitserve.runs.create(D2L_SPEC)
     second = fitserve.runs.create({**D2L_SPEC, "epochs": 4})
@@ -236,6 +250,7 @@ def test_compare_runs(fitserve: Client):
     assert comparison.spec_differences["epochs"] == [3, 4]
 
 
+@pytest.mark.once
 def test_the_client_needs_none_of_the_server_dependencies():
     code = (
         "import sys, fitserve_client\n"
@@ -248,6 +263,7 @@ def test_the_client_needs_none_of_the_server_dependencies():
     assert result.stdout.strip() == "[]"
 
 
+@pytest.mark.once
 def test_events_resume_after_a_dropped_connection(monkeypatch: pytest.MonkeyPatch):
     """A stream cut mid-way is reopened with Last-Event-ID; nothing is handed out twice."""
     messages = [
@@ -332,6 +348,7 @@ def _missing_fields(schema: dict[str, Any], model: type[BaseModel]) -> set[str]:
     return set(model.model_fields) - set(schema.get("properties", {}))
 
 
+@pytest.mark.once
 def test_client_models_match_the_api_schemas(api: ApiServer):
     document = httpx.get(f"{api.url}/openapi.json", timeout=30).json()
     drift: dict[str, set[str]] = {}
@@ -351,6 +368,7 @@ def test_client_models_match_the_api_schemas(api: ApiServer):
     assert drift == {}
 
 
+@pytest.mark.once
 def test_the_key_goes_as_a_bearer_token(settings: Settings):
     database = Database.connect(settings.database_url)
     try:
@@ -381,6 +399,7 @@ GRID_SWEEP: dict[str, Any] = {
 }
 
 
+@pytest.mark.once
 def test_sweeps_create_wait_list_and_cancel(fitserve: Client, workers: LocalWorkers):
     workers.start()
     sweep = fitserve.sweeps.create(GRID_SWEEP)

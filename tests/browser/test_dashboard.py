@@ -1,11 +1,21 @@
 """The dashboard and the API docs in headless Chromium, with every outside request blocked."""
 
+from pathlib import Path
+
 import httpx
 import pytest
 from playwright.sync_api import expect
 
 from tests.browser.conftest import Watched
-from tests.helpers import D2L_SPEC, ApiServer, LocalWorkers, long_spec, post_run, wait_for
+from tests.helpers import (
+    D2L_SPEC,
+    ApiServer,
+    LocalWorkers,
+    Pause,
+    long_spec,
+    post_run,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(120)]
 POINTS = "Number(document.querySelector('#loss-chart').dataset.points)"
@@ -45,7 +55,7 @@ def test_every_page_loads_without_console_errors(
 
 
 def test_a_posted_run_appears_and_its_page_follows_it_without_a_reload(
-    api: ApiServer, client: httpx.Client, workers: LocalWorkers, live: Watched
+    api: ApiServer, client: httpx.Client, workers: LocalWorkers, live: Watched, tmp_path: Path
 ):
     page = live.page
     page.goto(f"{api.url}/ui/")
@@ -60,11 +70,13 @@ def test_a_posted_run_appears_and_its_page_follows_it_without_a_reload(
     assert _points(live) == 0
     page.evaluate("window.notReloaded = true")
 
-    workers.start(faults={run["id"]: {"epoch_sleep_seconds": 0.5}})
+    pause = Pause(tmp_path)
+    workers.start(faults={run["id"]: pause.after_epoch(3)})
     expect(page.locator("#run-status")).to_have_text("running")
-    # Points arrive while the run trains (the event poll may bring two epochs at once).
-    page.wait_for_function(f"() => {{ const n = {POINTS}; return n >= 1 && n < 8; }}")
-    page.wait_for_function(f"() => {{ const n = {POINTS}; return n >= 3 && n < 8; }}")
+    # Points arrive while the run trains: held after its third epoch, the chart shows three.
+    pause.wait()
+    page.wait_for_function(f"() => {POINTS} === 3")
+    pause.release()
     expect(page.locator("#run-status")).to_have_text("succeeded", timeout=30_000)
     expect(page.locator("#loss-chart")).to_have_attribute("data-points", "8")
     expect(page.locator("#epoch-rows tr")).to_have_count(8)
