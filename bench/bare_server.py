@@ -14,7 +14,7 @@ import uvicorn
 from fastapi import FastAPI, Request, Response
 from pydantic import BaseModel
 
-from app.training.artifacts import import_weights
+from app.training.serialization import import_weights
 
 
 class Rows(BaseModel):

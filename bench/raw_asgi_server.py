@@ -18,7 +18,7 @@ import torch
 import uvicorn
 from pydantic import BaseModel, ValidationError
 
-from app.training.artifacts import import_weights
+from app.training.serialization import import_weights
 
 Scope = dict[str, Any]
 Message = dict[str, Any]

@@ -174,19 +174,19 @@ class Timers:
 
 # (stage, where it nests, how it is found): the owner's module, the owner, the attribute.
 STAGES: tuple[tuple[str, str, str, str, str], ...] = (
-    ("worker loop: maintain queue", "", "app.worker.worker", "Worker", "_maintain_queue"),
+    ("worker loop: maintain queue", "", "app.worker.local", "Worker", "_maintain_queue"),
     ("worker loop: advance sweeps", "", "app.sweeps.flows", "", "advance_sweeps"),
-    ("worker loop: claim", "", "app.worker.worker", "Worker", "_claim"),
-    ("attempt (all below)", "", "app.worker.worker", "RunExecution", "run"),
-    ("dataset load", "attempt", "app.worker.worker", "", "load_table"),
+    ("worker loop: claim", "", "app.worker.local", "Worker", "_claim"),
+    ("attempt (all below)", "", "app.worker.attempt", "RunExecution", "run"),
+    ("dataset load", "attempt", "app.worker.attempt", "", "load_table"),
     ("checkpoint load", "attempt", "app.runs.records", "", "load_checkpoint"),
     ("trainer set-up", "attempt", "app.training.engine", "Trainer", "__init__"),
     ("training (with epoch writes)", "attempt", "app.training.engine", "Trainer", "run"),
-    ("epoch writes", "training", "app.worker.worker", "RunExecution", "epoch_finished"),
+    ("epoch writes", "training", "app.worker.attempt", "RunExecution", "epoch_finished"),
     ("checkpoint serialise", "epoch writes", "app.training.engine", "Trainer", "checkpoint"),
     ("artifact record + publish", "epoch writes, finish", "app.artifacts.service", "", "record"),
-    ("finish (weights, final tx)", "attempt", "app.worker.worker", "RunExecution", "_conclude"),
-    ("weights export", "finish", "app.worker.worker", "", "export_weights"),
+    ("finish (weights, final tx)", "attempt", "app.worker.attempt", "RunExecution", "_conclude"),
+    ("weights export", "finish", "app.worker.attempt", "", "export_weights"),
 )
 
 
@@ -195,7 +195,8 @@ def breakdown(database_url: str, artifacts: Path, runs: int) -> dict[str, float]
     import importlib
 
     from app.config import Settings
-    from app.worker.worker import Worker, WorkerSettings
+    from app.worker.attempt import WorkerSettings
+    from app.worker.local import Worker
 
     env = service_env(database_url, artifacts, free_port())
     with fitserve("api", env) as client:

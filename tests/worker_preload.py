@@ -8,7 +8,7 @@ import torch
 
 import tests.worker_process  # noqa: F401  (what the forked workers run)
 from app.training.engine import warm_up
-from app.worker import worker  # noqa: F401  (imported lazily by run_worker)
+from app.worker import local  # noqa: F401  (imported lazily by run_worker)
 
 # One thread: a forked child must not inherit the state of a started OpenMP pool.
 torch.set_num_threads(1)

@@ -67,7 +67,7 @@ def run_api(settings: Settings, semaphore: Any = None, parent_pid: int | None = 
     from app.logs import configure_logging
     from app.main import create_app
     from app.processes import exit_with_parent
-    from app.worker.worker import Wakeup
+    from app.worker.wakeups import Wakeup
 
     if parent_pid is not None:
         exit_with_parent(parent_pid)

@@ -15,8 +15,8 @@ from app.artifacts import service as artifacts
 from app.artifacts.store import ArtifactStore, StagedObject
 from app.database import utcnow
 from app.runs.models import Checkpoint, Epoch, Weights
-from app.training.artifacts import CheckpointBlob
 from app.training.engine import EpochReport
+from app.training.serialization import CheckpointBlob
 
 
 def load_checkpoint(

@@ -21,7 +21,7 @@ from app.runs.schemas import (
     RunRead,
     WeightsRead,
 )
-from app.training.artifacts import tensors_as_json
+from app.training.serialization import tensors_as_json
 from app.training.spec import MAX_TAGS, RunRequest, Tag
 
 router = APIRouter(prefix="/runs", tags=["runs"], responses=ERROR_RESPONSES)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from app.registry.service import ModelRef, Resolution
-from app.training.artifacts import Architecture
+from app.training.serialization import Architecture
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,8 @@ from app.runs.models import Run, Weights
 from app.runs.service import RunNotFoundError, RunStateError
 from app.serving.cache import LoadedModel, ModelCache, NameCache
 from app.serving.schemas import PredictInputs
-from app.training.artifacts import import_weights, read_architecture
 from app.training.data import Label
+from app.training.serialization import import_weights, read_architecture
 
 
 class InputShapeError(InvalidInputError):

@@ -13,13 +13,6 @@ from torch import distributed, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from app.errors import InvalidInputError
-from app.training.artifacts import (
-    Architecture,
-    CheckpointBlob,
-    TrainingState,
-    pack_checkpoint,
-    unpack_checkpoint,
-)
 from app.training.data import (
     RowSubset,
     Table,
@@ -29,6 +22,13 @@ from app.training.data import (
     target_statistics,
 )
 from app.training.modules import TabularNet, make_loss, make_optimizer, make_scheduler
+from app.training.serialization import (
+    Architecture,
+    CheckpointBlob,
+    TrainingState,
+    pack_checkpoint,
+    unpack_checkpoint,
+)
 from app.training.spec import (
     ClosedFormOptimizer,
     LBFGSOptimizer,

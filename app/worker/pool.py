@@ -55,7 +55,9 @@ def run_worker(
 
     # Here, not at the top: torch is most of its import time, and the supervisor that
     # imports this module to start its workers needs none of it.
-    from app.worker.worker import Wakeup, Worker, WorkerSettings
+    from app.worker.attempt import WorkerSettings
+    from app.worker.local import Worker
+    from app.worker.wakeups import Wakeup
 
     if parent_pid is not None:
         exit_with_parent(parent_pid)

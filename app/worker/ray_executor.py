@@ -34,18 +34,12 @@ from app.sweeps import flows as sweeps
 from app.training.engine import Replica
 from app.training.spec import RunSpec
 from app.worker import queue
+from app.worker.attempt import ExecutionContext, ReplicaLauncher, RunExecution, WorkerSettings
 from app.worker.failures import describe
 from app.worker.models import WorkerRecord
 from app.worker.replicas import ReplicaLostError, follow, is_collective_failure
 from app.worker.threads import supervised
-from app.worker.worker import (
-    ExecutionContext,
-    ReplicaLauncher,
-    RunExecution,
-    Wakeup,
-    WorkerSettings,
-    start_wake_relays,
-)
+from app.worker.wakeups import Wakeup, start_wake_relays
 
 logger = logging.getLogger("fitserve.ray")
 NAMESPACE = "fitserve"

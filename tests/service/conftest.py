@@ -17,9 +17,9 @@ from app.database import make_engine
 from app.runs import records
 from app.runs import service as runs
 from app.runs.models import Run, RunStatus
-from app.training.artifacts import export_weights
 from app.training.data import materialize
 from app.training.engine import Trainer, Uninterrupted
+from app.training.serialization import export_weights
 from app.training.spec import RunRequest, resolve_spec
 from tests.helpers import D2L_SPEC
 

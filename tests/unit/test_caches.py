@@ -4,7 +4,7 @@ import torch
 
 from app.registry.service import ModelRef, Resolution
 from app.serving.cache import LoadedModel, ModelCache, NameCache
-from app.training.artifacts import Architecture
+from app.training.serialization import Architecture
 
 
 def _loaded(run_id: int, size_bytes: int) -> LoadedModel:

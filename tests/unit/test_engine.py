@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from app.training.artifacts import export_weights, import_weights, read_architecture
 from app.training.data import materialize
 from app.training.engine import EpochReport, Trainer, estimation_error
+from app.training.serialization import export_weights, import_weights, read_architecture
 from app.training.spec import RunRequest, resolve_spec
 from tests.helpers import D2L_SPEC, long_spec
 

@@ -14,9 +14,9 @@ import pytest
 import torch
 from torch import distributed
 
-from app.training.artifacts import CheckpointBlob
 from app.training.data import materialize
 from app.training.engine import EpochReport, Replica, Trainer, estimation_error
+from app.training.serialization import CheckpointBlob
 from app.training.spec import RunRequest, resolve_spec
 from tests.specs import D2L_SPEC as D2L
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from app.errors import InvalidInputError
-from app.training.artifacts import CheckpointBlob
 from app.training.engine import EpochReport, Outcome, Trainer
-from app.worker.worker import _final_metrics
+from app.training.serialization import CheckpointBlob
+from app.worker.attempt import _final_metrics
 from tests.helpers import D2L_SPEC, long_spec
 from tests.unit.test_engine import Recorder, trainer_for
 

@@ -1,15 +1,14 @@
-"""A long-lived worker process: claims queued runs one at a time and trains them on its device."""
+"""One attempt at one run: heartbeat, train, record epochs, finish or hand the run back.
+
+The local worker loop (`local.py`) and the Ray executor both run their claims through it.
+"""
 
 import logging
-import math
-import os
-import socket
 import threading
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext, suppress
-from dataclasses import dataclass, field
-from datetime import timedelta
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import torch
@@ -18,18 +17,14 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlch
 from sqlalchemy.orm import Session
 
 from app.artifacts import service as artifacts
-from app.artifacts.store import ArtifactStore, StagedObject, open_store
-from app.config import RunFaults, Settings
-from app.database import Database, unit_of_work, utcnow
+from app.artifacts.store import ArtifactStore, StagedObject
+from app.config import Settings
+from app.database import Database, unit_of_work
 from app.datasets.service import load_table
 from app.errors import InvalidInputError
-from app.logs import log_context
-from app.notifications import relay_notifications
-from app.processes import stop_on_signals
 from app.runs import records
 from app.runs.models import FailureKind, RunStatus
 from app.sweeps import flows as sweeps
-from app.training.artifacts import CheckpointBlob, export_weights
 from app.training.data import Table
 from app.training.engine import (
     EpochReport,
@@ -37,19 +32,16 @@ from app.training.engine import (
     Replica,
     Trainer,
     estimation_error,
-    warm_up,
 )
+from app.training.serialization import CheckpointBlob, export_weights
 from app.training.spec import RunSpec
 from app.worker import queue
 from app.worker.failures import (
-    DEVICE_ERRORS,
     DeviceUnavailableError,
     describe,
     failure_kind,
 )
 from app.worker.faults import FaultInjector
-from app.worker.models import WorkerRecord
-from app.worker.replicas import local_replicas
 from app.worker.threads import supervised
 
 logger = logging.getLogger("fitserve.worker")
@@ -60,266 +52,24 @@ MAX_RETRY_DELAY_SECONDS = 1.0
 
 @dataclass(frozen=True)
 class WorkerSettings:
-    """What one worker needs to know, taken from the service settings."""
+    """Who one worker is (its id, device and share of the cores), and the service's settings."""
 
     worker_id: str
     device: str
-    database_url: str
-    sqlite_busy_timeout_seconds: float
-    lease_seconds: float
-    heartbeat_seconds: float
-    poll_seconds: float
     torch_threads: int
-    # The service's own, for what a worker queues itself: a sweep's next trials.
     service: Settings
-    test_faults: dict[int, RunFaults] = field(default_factory=dict)
 
     @classmethod
     def from_settings(
         cls, settings: Settings, *, worker_id: str, device: str, local_workers: int = 1
     ) -> "WorkerSettings":
-        """Pick this worker's settings out of the service's; `local_workers` share the cores."""
+        """This worker's settings; `local_workers` share the machine's cores."""
         return cls(
             worker_id=worker_id,
             device=device,
-            database_url=settings.database_url,
-            sqlite_busy_timeout_seconds=settings.sqlite_busy_timeout_seconds,
-            lease_seconds=settings.lease_seconds,
-            heartbeat_seconds=settings.heartbeat_seconds,
-            poll_seconds=settings.poll_seconds,
             torch_threads=settings.threads_per_worker(local_workers),
             service=settings,
-            test_faults=settings.test_faults,
         )
-
-
-class Wakeup:
-    """Counts queued-run announcements from the API in the same pool (a process semaphore)."""
-
-    def __init__(self, semaphore: Any) -> None:
-        self._semaphore = semaphore
-
-    def notify(self) -> None:
-        """Wake one idle worker."""
-        self._semaphore.release()
-
-    def wait(self, timeout: float) -> bool:
-        """Block until notified or the timeout passes."""
-        return bool(self._semaphore.acquire(timeout=timeout))
-
-
-class Worker:
-    """Claims and trains runs until asked to stop; SIGTERM/SIGINT stop it gracefully."""
-
-    def __init__(self, settings: WorkerSettings, *, wakeup: Wakeup | None = None) -> None:
-        self.settings = settings
-        self.database = Database.connect(
-            settings.database_url, sqlite_busy_timeout=settings.sqlite_busy_timeout_seconds
-        )
-        self.store = open_store(settings.service)
-        self.stop_requested = threading.Event()
-        self._wake = threading.Event()
-        self._idle = threading.Event()
-        self._wakeup = wakeup
-
-    def request_stop(self) -> None:
-        """Ask the worker to finish the current batch, checkpoint, hand its run back and exit."""
-        self.stop_requested.set()
-        self._wake.set()
-
-    def signal_handlers(self) -> AbstractContextManager[None]:
-        """Turn SIGTERM and SIGINT into a graceful stop while the worker runs."""
-        return stop_on_signals(self.request_stop)
-
-    def run(self) -> None:
-        """The worker loop: maintain the queue, claim, train, wait for a wake-up."""
-        torch.set_num_threads(self.settings.torch_threads)
-        try:
-            warm_up(torch.device(self.settings.device))
-        except (RuntimeError, AssertionError):
-            # A missing device is reported on each run that needs it, not fatal to the worker.
-            logger.warning("device %s is not usable", self.settings.device, exc_info=True)
-        self._start_wake_sources()
-        registered = False
-        maintained_at = -math.inf
-        # Whether a run ended since the worker's row was last refreshed: it still names it.
-        ran_since_maintenance = False
-        try:
-            while not self.stop_requested.is_set():
-                try:
-                    if not registered:
-                        self._register()
-                        registered = True
-                    # Heartbeat and reaper once a beat, not before every claim: between
-                    # short runs they were a good part of each run's cost.
-                    if time.monotonic() - maintained_at >= self.settings.heartbeat_seconds:
-                        registered = self._maintain_queue()
-                        maintained_at = time.monotonic()
-                    sweeps.advance_sweeps(database=self.database, settings=self.settings.service)
-                    claim = self._claim()
-                except DBAPIError:
-                    # An unreachable database is waited out, not a reason to exit.
-                    logger.warning("database unavailable; retrying", exc_info=True)
-                    self.stop_requested.wait(self.settings.poll_seconds)
-                    continue
-                if claim is not None:
-                    with log_context(
-                        run_id=claim.run_id,
-                        attempt=claim.attempt,
-                        worker_id=self.settings.worker_id,
-                    ):
-                        self._after(RunExecution(self._context(), claim).run())
-                    ran_since_maintenance = True
-                    continue
-                if ran_since_maintenance:
-                    # Going idle: refresh the row first, so it no longer names the last run.
-                    ran_since_maintenance, maintained_at = False, -math.inf
-                    continue
-                self._idle.set()
-                self._wake.wait(self.settings.poll_seconds)
-                self._idle.clear()
-                self._wake.clear()
-        finally:
-            self.stop_requested.set()
-            self._idle.set()
-            with suppress(DBAPIError), unit_of_work(self.database.sessions) as session:
-                queue.unregister_worker(session=session, worker_id=self.settings.worker_id)
-            # The wake relays are daemon threads with nothing to flush: joining them would
-            # make every stop wait out their poll of the semaphore or the LISTEN connection.
-            self.database.dispose()
-
-    def _after(self, error: Exception | None) -> None:
-        """Step aside after an attempt that failed for the machine's sake."""
-        if error is None or failure_kind(error) != FailureKind.RESOURCES:
-            return
-        if self._wakeup is not None:
-            # A sibling in this pool takes the run again (others hear NOTIFY, or poll).
-            self._wakeup.notify()
-        if isinstance(error, DEVICE_ERRORS):
-            logger.error(
-                "worker %s: device %s failed; stopping so a fresh process replaces this one",
-                self.settings.worker_id,
-                self.settings.device,
-            )
-            self.request_stop()
-            return
-        # Out of memory: leave the retry to another worker if one is free.
-        self.stop_requested.wait(self.settings.poll_seconds)
-
-    def _context(self) -> "ExecutionContext":
-        settings = self.settings
-
-        def replicas(
-            claim: queue.Claim, spec: RunSpec, device: torch.device
-        ) -> AbstractContextManager[Replica | None]:
-            return local_replicas(
-                settings=settings.service,
-                threads=settings.torch_threads,
-                claim=claim,
-                spec=spec,
-                device=device,
-            )
-
-        return ExecutionContext(
-            settings=settings,
-            database=self.database,
-            store=self.store,
-            stopping=self.stop_requested,
-            replicas=replicas,
-        )
-
-    def _register(self) -> None:
-        record = WorkerRecord(
-            id=self.settings.worker_id,
-            pid=os.getpid(),
-            host=socket.gethostname(),
-            device=self.settings.device,
-            started_at=utcnow(),
-            heartbeat_at=utcnow(),
-            stopped_at=None,
-            current_run_id=None,
-        )
-        with unit_of_work(self.database.sessions) as session:
-            queue.register_worker(session=session, record=record)
-
-    def _maintain_queue(self) -> bool:
-        """Heartbeat, reap and retire; False when this worker's row is gone."""
-        with unit_of_work(self.database.sessions) as session:
-            registered = queue.worker_heartbeat(
-                session=session, worker_id=self.settings.worker_id, current_run_id=None
-            )
-            queue.reap_expired(session=session)
-            since = utcnow() - timedelta(seconds=self.settings.lease_seconds)
-            queue.retire_silent_workers(session=session, silent_since=since)
-            queue.fail_unservable(
-                session=session,
-                live_devices=queue.live_worker_devices(session=session, since=since),
-            )
-        return registered
-
-    def _claim(self) -> queue.Claim | None:
-        with unit_of_work(self.database.sessions) as session:
-            return queue.claim_next(
-                session=session,
-                worker_id=self.settings.worker_id,
-                device=self.settings.device,
-                lease_seconds=self.settings.lease_seconds,
-            )
-
-    def _start_wake_sources(self) -> None:
-        start_wake_relays(
-            database_url=self.settings.database_url,
-            wakeup=self._wakeup,
-            wake=self._wake,
-            ready=self._idle,
-            stop=self.stop_requested,
-            retry_seconds=self.settings.poll_seconds,
-        )
-
-
-def start_wake_relays(
-    *,
-    database_url: str,
-    wakeup: Wakeup | None,
-    wake: threading.Event,
-    ready: threading.Event,
-    stop: threading.Event,
-    retry_seconds: float,
-) -> list[threading.Thread]:
-    """Threads that set `wake` on a pool's announcements and on PostgreSQL's NOTIFY.
-
-    An announcement is taken only while `ready` is set, so a busy worker never swallows one
-    that an idle sibling could act on. Until LISTEN is back the caller still polls.
-    """
-
-    def relay_pool_wakeups() -> None:
-        assert wakeup is not None
-        while not stop.is_set():
-            ready.wait()
-            if wakeup.wait(timeout=0.5):
-                if stop.is_set():
-                    # Taken while stopping: the announcement is a sibling's to act on.
-                    wakeup.notify()
-                    return
-                wake.set()
-
-    def relay_postgres_notifications() -> None:
-        relay_notifications(
-            database_url=database_url,
-            channel=queue.NOTIFY_CHANNEL,
-            on_notify=lambda _payload: wake.set(),
-            stop=stop,
-            retry_seconds=retry_seconds,
-            logger=logger,
-        )
-
-    relays = [relay_pool_wakeups] if wakeup is not None else []
-    if database_url.startswith("postgresql"):
-        relays.append(relay_postgres_notifications)
-    return [
-        supervised(relay, name=relay.__name__, stop=stop, restart_delay=retry_seconds)
-        for relay in relays
-    ]
 
 
 ReplicaLauncher = Callable[
@@ -353,7 +103,7 @@ class RunExecution:
         self.context = context
         self.claim = claim
         self.faults = FaultInjector(
-            context.settings.test_faults.get(claim.run_id), attempt=claim.attempt
+            context.settings.service.test_faults.get(claim.run_id), attempt=claim.attempt
         )
         self.checkpoint_every = 1
         # The last epoch's report and checkpoint, which `_conclude` writes with the weights.
@@ -371,7 +121,7 @@ class RunExecution:
         self._heartbeat_done = threading.Event()
         # When this attempt's lease ends at the latest, by this process's clock: the budget
         # for retrying writes while the database is away.
-        self._lease_deadline = time.monotonic() + context.settings.lease_seconds
+        self._lease_deadline = time.monotonic() + context.settings.service.lease_seconds
 
     def run(self) -> Exception | None:
         """Execute the attempt; every exit path leaves the run in a correct state.
@@ -383,7 +133,7 @@ class RunExecution:
             self._heartbeat,
             name=f"heartbeat-{self.claim.run_id}",
             stop=self._heartbeat_done,
-            restart_delay=settings.heartbeat_seconds,
+            restart_delay=settings.service.heartbeat_seconds,
         )
         try:
             self._execute()
@@ -402,7 +152,7 @@ class RunExecution:
             return error
         finally:
             self._heartbeat_done.set()
-            heartbeat.join(timeout=settings.heartbeat_seconds + 5)
+            heartbeat.join(timeout=settings.service.heartbeat_seconds + 5)
         return None
 
     def _fail(self, error: Exception) -> None:
@@ -587,7 +337,7 @@ class RunExecution:
 
     def _heartbeat(self) -> None:
         settings = self.context.settings
-        while not self._heartbeat_done.wait(settings.heartbeat_seconds):
+        while not self._heartbeat_done.wait(settings.service.heartbeat_seconds):
             if self.faults.stall_heartbeat:
                 continue
             started = time.monotonic()
@@ -601,7 +351,7 @@ class RunExecution:
             except SQLAlchemyError:
                 logger.warning("heartbeat for run %s failed; retrying", self.claim.run_id)
                 continue
-            self._lease_deadline = started + settings.lease_seconds
+            self._lease_deadline = started + settings.service.lease_seconds
             self._note(status)
 
     def _renew_lease(self, session: Session) -> str:
@@ -610,7 +360,7 @@ class RunExecution:
             session=session, worker_id=settings.worker_id, current_run_id=self.claim.run_id
         )
         return queue.renew_lease(
-            session=session, claim=self.claim, lease_seconds=settings.lease_seconds
+            session=session, claim=self.claim, lease_seconds=settings.service.lease_seconds
         )
 
     def _note(self, status: str) -> None:
