@@ -15,7 +15,8 @@ from app.datasets import service as datasets
 from app.principal import Principal
 from app.projects import service as projects
 from app.runs import service
-from app.runs.models import RESUMABLE_STATUSES, Run
+from app.runs.lifecycle import RESUMABLE
+from app.runs.models import Run
 from app.training.spec import DatasetRef, RunRequest, RunSpec, Task, resolve_spec
 
 
@@ -142,7 +143,7 @@ def resume_run(
     with unit_of_work(database.sessions) as session:
         run = service.get_run(session=session, run_id=run_id, project=principal.project)
         # A run that cannot resume answers 409 from resume_run, not 429 from the quota.
-        if run.status in RESUMABLE_STATUSES:
+        if run.status in RESUMABLE:
             project = projects.get_project(session=session, name=principal.project, lock=True)
             service.check_run_quota(
                 session=session,

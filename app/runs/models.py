@@ -26,7 +26,6 @@ class RunStatus(StrEnum):
 
 ACTIVE_STATUSES = (RunStatus.RUNNING, RunStatus.CANCELLING)
 FINAL_STATUSES = (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.PRUNED)
-RESUMABLE_STATUSES = (RunStatus.CANCELLED, RunStatus.FAILED, RunStatus.PRUNED)
 
 
 class FailureKind(StrEnum):

@@ -17,8 +17,9 @@ from app.errors import ConflictError, LimitExceededError, Loc, NotFoundError
 from app.pagination import newest_first
 from app.projects import service as projects
 from app.projects.models import Project
+from app.runs import lifecycle
 from app.runs.models import (
-    RESUMABLE_STATUSES,
+    FINAL_STATUSES,
     Checkpoint,
     Epoch,
     EventKind,
@@ -453,12 +454,19 @@ def _conditional_update(
 def cancel_run(*, session: Session, run_id: int, project: str) -> Run:
     """Cancel a queued run now; ask a running one to stop at its next batch."""
     get_run(session=session, run_id=run_id, project=project)
-    changed = _conditional_update(
-        session, run_id, (RunStatus.QUEUED,), status=RunStatus.CANCELLED, finished_at=utcnow()
-    ) or _conditional_update(session, run_id, (RunStatus.RUNNING,), status=RunStatus.CANCELLING)
+    changed = any(
+        _conditional_update(
+            session,
+            run_id,
+            (source,),
+            status=target,
+            **({"finished_at": utcnow()} if target in FINAL_STATUSES else {}),
+        )
+        for source, target in lifecycle.CANCEL.items()
+    )
     run = get_run(session=session, run_id=run_id, project=project)
     session.refresh(run)
-    if not changed and run.status not in (RunStatus.CANCELLING, RunStatus.CANCELLED):
+    if not changed and run.status not in lifecycle.CANCEL.values():
         raise RunStateError(f"run {run_id} is {run.status} and cannot be cancelled")
     return run
 
@@ -483,7 +491,7 @@ def resume_run(
     resumed = _conditional_update(
         session,
         run_id,
-        RESUMABLE_STATUSES,
+        lifecycle.RESUMABLE,
         status=RunStatus.QUEUED,
         queued_at=utcnow(),
         finished_at=None,
@@ -521,7 +529,7 @@ def delete_run(*, session: Session, run_id: int, project: str) -> list[str]:
     ]
     result = session.execute(
         delete(Run)
-        .where(Run.id == run_id, Run.status.not_in((RunStatus.RUNNING, RunStatus.CANCELLING)))
+        .where(Run.id == run_id, Run.status.in_(lifecycle.DELETABLE))
         .execution_options(synchronize_session=False)
     )
     if result.rowcount == 0:

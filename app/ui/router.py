@@ -46,7 +46,8 @@ from app.registry.schemas import ALIAS_PATTERN, AliasRequest, RegisterRequest
 from app.runs import flows as runs_flows
 from app.runs import service as runs_service
 from app.runs.dependencies import RunEventsDep
-from app.runs.models import FINAL_STATUSES, RESUMABLE_STATUSES, Run, RunStatus
+from app.runs.lifecycle import CANCEL, RESUMABLE
+from app.runs.models import FINAL_STATUSES, Run, RunStatus
 from app.runs.schemas import EpochRead
 from app.ui.charts import SVG_HEIGHT, SVG_WIDTH, histograms
 from app.worker.models import WorkerRecord
@@ -345,8 +346,8 @@ def _run_context(session: ReadSessionDep, principal: Principal, run_id: int) -> 
         "run": run,
         "epochs": epochs,
         "metric_names": sorted({name for epoch in epochs for name in epoch.metrics}),
-        "can_cancel": run.status in (RunStatus.QUEUED, RunStatus.RUNNING),
-        "can_resume": run.status in RESUMABLE_STATUSES,
+        "can_cancel": run.status in CANCEL,
+        "can_resume": run.status in RESUMABLE,
         "can_register": run.status == RunStatus.SUCCEEDED,
         "spec_json": json.dumps(runs_service.listing_spec(spec=run.spec), indent=2),
         "run_data": {

@@ -112,7 +112,6 @@ class RunExecution:
         # next transaction releases those, saving each epoch a transaction of its own.
         self._replaced: list[str] = []
         self._pending: list[str] = []
-        self.cancel_requested = threading.Event()
         self.prune_requested = threading.Event()
         self._pruning: Callable[[int], bool] | None = None
         self._pruning_known = False
@@ -325,12 +324,10 @@ class RunExecution:
                     session=session, claim=self.claim, epochs_done=blob.state["progress"]["epoch"]
                 )
                 self._save_checkpoint(session, blob, staged)
-                if self.cancel_requested.is_set():
-                    queue.finish(session=session, claim=self.claim, status=RunStatus.CANCELLED)
-                elif self.prune_requested.is_set():
-                    queue.finish(session=session, claim=self.claim, status=RunStatus.PRUNED)
-                else:
-                    queue.hand_back(session=session, claim=self.claim)
+                # A run being cancelled ends cancelled: the run's status says so, not this flag.
+                queue.hand_back(
+                    session=session, claim=self.claim, pruned=self.prune_requested.is_set()
+                )
 
             self._storing(blob.tensors, stop)
             self._release_pending()
@@ -366,7 +363,7 @@ class RunExecution:
     def _note(self, status: str) -> None:
         """Stop at the next batch when the run is being cancelled."""
         if status == RunStatus.CANCELLING:
-            self._raise_attention(self.cancel_requested)
+            self.attention.set()
 
     def _raise_attention(self, flag: threading.Event) -> None:
         flag.set()

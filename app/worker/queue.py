@@ -15,11 +15,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import case, delete, func, literal, or_, select, update
+from sqlalchemy import delete, func, literal, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
 from app.database import UTCDateTime, utcnow
 from app.projects.models import Project
+from app.runs import lifecycle
 from app.runs.models import ACTIVE_STATUSES, FailureKind, Run, RunStatus
 from app.worker.models import WorkerRecord
 
@@ -187,19 +188,15 @@ def finish(
     fence(session=session, claim=claim, **values)
 
 
-def hand_back(*, session: Session, claim: Claim) -> None:
-    """Return a run to the queue without counting a lost attempt (graceful shutdown)."""
-    status = session.execute(select(Run.status).where(Run.id == claim.run_id)).scalar_one()
-    if status == RunStatus.CANCELLING:
-        finish(session=session, claim=claim, status=RunStatus.CANCELLED)
-        return
-    fence(
+def hand_back(*, session: Session, claim: Claim, pruned: bool = False) -> str:
+    """Return the run to the queue without counting a lost attempt (a graceful stop), or end
+    it pruned; a run being cancelled ends cancelled. Returns the run's new status."""
+    then = RunStatus.PRUNED if pruned else RunStatus.QUEUED
+    # The run's own error, if an earlier attempt left one, stays while it waits again.
+    return fence(
         session=session,
         claim=claim,
-        status=RunStatus.QUEUED,
-        queued_at=utcnow(),
-        worker_id=None,
-        lease_expires_at=None,
+        **lifecycle.end_of_attempt(now=utcnow(), then=then, error=Run.error),
     )
 
 
@@ -211,61 +208,28 @@ def retry_elsewhere(
 
     Returns the run's new status.
     """
-    now = literal(utcnow(), UTCDateTime)
-    cancelling = Run.status == RunStatus.CANCELLING
-    exhausted = Run.lost_attempts + 1 >= Run.max_attempts
-    # A run being cancelled ends cancelled, as hand_back and the reaper end it.
     return fence(
         session=session,
         claim=claim,
-        status=case(
-            (cancelling, RunStatus.CANCELLED),
-            (exhausted, RunStatus.FAILED),
-            else_=RunStatus.QUEUED,
-        ),
-        lost_attempts=Run.lost_attempts + 1,
-        failure_kind=case((cancelling, None), (exhausted, failure_kind.value), else_=None),
-        error=case((cancelling, None), else_=error),
-        finished_at=case((cancelling | exhausted, now), else_=None),
-        queued_at=case((cancelling | exhausted, Run.queued_at), else_=now),
-        worker_id=None,
-        lease_expires_at=None,
+        **lifecycle.end_of_attempt(now=utcnow(), lost=failure_kind, error=error),
     )
 
 
 def reap_expired(*, session: Session, now: datetime | None = None) -> int:
     """Requeue runs whose lease ran out, or fail them once max_attempts workers were lost."""
+    worker_lost = (
+        literal("the worker was lost on every one of the run's attempts (last: ")
+        + func.coalesce(Run.worker_id, "unknown")
+        + literal(")")
+    )
     now = now or utcnow()
-    lost = Run.lost_attempts + 1
-    exhausted = lost >= Run.max_attempts
     result = session.execute(
         update(Run)
         .where(Run.status.in_(ACTIVE_STATUSES), Run.lease_expires_at < now)
         .values(
-            status=case(
-                (Run.status == RunStatus.CANCELLING, RunStatus.CANCELLED),
-                (exhausted, RunStatus.FAILED),
-                else_=RunStatus.QUEUED,
-            ),
-            lost_attempts=lost,
-            failure_kind=case(
-                (Run.status == RunStatus.CANCELLING, None),
-                (exhausted, FailureKind.WORKER_LOST),
-                else_=None,
-            ),
-            error=case(
-                (
-                    (Run.status != RunStatus.CANCELLING) & exhausted,
-                    literal("the worker was lost on every one of the run's attempts (last: ")
-                    + func.coalesce(Run.worker_id, "unknown")
-                    + literal(")"),
-                ),
-                else_=None,
-            ),
-            finished_at=case((exhausted | (Run.status == RunStatus.CANCELLING), now), else_=None),
-            queued_at=case((exhausted, Run.queued_at), else_=now),
-            worker_id=None,
-            lease_expires_at=None,
+            **lifecycle.end_of_attempt(
+                now=now, lost=FailureKind.WORKER_LOST, error_if_failed=worker_lost
+            )
         )
         .execution_options(synchronize_session=False)
     )
