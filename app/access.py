@@ -52,7 +52,9 @@ def same_origin(request: Request) -> bool:
     headers = request.headers
     source = headers.get("origin") or headers.get("referer")
     host = headers.get("host")
-    return bool(source and host) and urlsplit(source).netloc.lower() == host.lower()
+    if not source or not host:
+        return False
+    return urlsplit(source).netloc.lower() == host.lower()
 
 
 async def authenticate(request: Request) -> Principal:

@@ -12,7 +12,7 @@ Row = TypeVar("Row")
 def newest_first(
     *,
     session: Session,
-    query: Select[tuple[Row]],
+    query: Select[Row],
     id_column: InstrumentedAttribute[Any],
     limit: int,
     before_id: int | None,

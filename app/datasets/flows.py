@@ -2,7 +2,7 @@
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, BinaryIO
+from typing import IO, Any
 
 from sqlalchemy.orm import Session
 
@@ -53,7 +53,7 @@ def store_file(
     *,
     database: Database,
     store: ArtifactStore,
-    stream: BinaryIO,
+    stream: IO[bytes],
     name: str,
     options: IngestOptions,
     limits: Limits,

@@ -10,7 +10,7 @@ import math
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Literal
+from typing import IO, Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -133,7 +133,7 @@ class Ingested:
     preview: list[dict[str, Any]]
 
 
-def sha256_of(stream: BinaryIO) -> str:
+def sha256_of(stream: IO[bytes]) -> str:
     """The sha256 of a seekable stream's bytes, leaving it rewound."""
     digest = hashlib.sha256()
     stream.seek(0)
@@ -143,7 +143,7 @@ def sha256_of(stream: BinaryIO) -> str:
     return digest.hexdigest()
 
 
-def ingest_file(stream: BinaryIO, *, options: IngestOptions, limits: Limits) -> Ingested:
+def ingest_file(stream: IO[bytes], *, options: IngestOptions, limits: Limits) -> Ingested:
     """Read an uploaded CSV or Parquet file (told apart by Parquet's magic bytes)."""
     stream.seek(0)
     probe = stream.read(HEADER_PROBE_BYTES)
@@ -309,7 +309,7 @@ def _header(probe: bytes, delimiter: str | None) -> tuple[list[str], str]:
         raise DatasetInputError(("file",), f"cannot read the header line: {error}") from None
 
 
-def _read_csv(stream: BinaryIO, probe: bytes, options: IngestOptions, limits: Limits) -> pa.Table:
+def _read_csv(stream: IO[bytes], probe: bytes, options: IngestOptions, limits: Limits) -> pa.Table:
     names, delimiter = _header(probe, options.delimiter)
     _check_names(names, options, limits)
     selected = _selected(names, options)
@@ -386,7 +386,7 @@ class _Segment:
         return any(self.data.find(needle, 0, self.end) >= 0 for needle in needles)
 
 
-def _csv_segments(stream: BinaryIO, start: int) -> Iterator[_Segment]:
+def _csv_segments(stream: IO[bytes], start: int) -> Iterator[_Segment]:
     """The rows from `start` on, cut after a line end every CSV_SEGMENT_BYTES or so.
 
     pyarrow's reader cuts its blocks at any line end too (a quoted value may not hold one),
@@ -434,7 +434,7 @@ def _parse_segment(
 
 
 def _ragged(
-    stream: BinaryIO, delimiter: str, names: list[str], error: pa.ArrowInvalid
+    stream: IO[bytes], delimiter: str, names: list[str], error: pa.ArrowInvalid
 ) -> DatasetInputError:
     """Find the first row whose field count differs from the header's (single-threaded)."""
     bad: list[pacsv.InvalidRow] = []
@@ -471,7 +471,7 @@ def _unreadable(error: Exception | str) -> DatasetInputError:
     return DatasetInputError(("file",), f"cannot read the file as UTF-8 CSV: {error}")
 
 
-def _read_parquet(stream: BinaryIO, options: IngestOptions, limits: Limits) -> pa.Table:
+def _read_parquet(stream: IO[bytes], options: IngestOptions, limits: Limits) -> pa.Table:
     """Check the metadata against the limits, then decode a batch at a time into float32."""
     _check_parquet_footer(stream)
     try:
@@ -518,7 +518,7 @@ def _read_parquet(stream: BinaryIO, options: IngestOptions, limits: Limits) -> p
     return pa.Table.from_batches(kept)
 
 
-def _check_parquet_footer(stream: BinaryIO) -> None:
+def _check_parquet_footer(stream: IO[bytes]) -> None:
     """Refuse a footer too long to decode safely; a malformed one is left to the reader."""
     size = stream.seek(0, 2)
     if size >= 2 * len(PARQUET_MAGIC) + 4:

@@ -152,6 +152,7 @@ async def upload_dataset(
         # and once by the parser; the writes land in the page cache and barely hold up the
         # event loop.
         spool = Spool(file)
+        name: str | None
         if content_type.startswith("multipart/form-data"):
             form = MultipartForm(spool)
             await form.read(request, content_type)

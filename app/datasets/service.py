@@ -5,7 +5,7 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, BinaryIO, Protocol
+from typing import IO, Any, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -189,7 +189,7 @@ def store_file(
     reader: Session,
     store: ArtifactStore,
     project: str,
-    stream: BinaryIO,
+    stream: IO[bytes],
     name: str,
     options: IngestOptions,
     limits: Limits,

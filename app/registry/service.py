@@ -11,6 +11,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from app.database import rows_matched
 from app.errors import InvalidInputError, NotFoundError
 from app.registry.models import ModelAlias, ModelVersion, RegisteredModel, RegistryState
 from app.registry.schemas import NAME_PATTERN, ModelRead, ModelSummary, VersionDetail
@@ -269,7 +270,7 @@ def delete_alias(*, session: Session, project: str, name: str, alias: str) -> No
         .where(ModelAlias.model_id == model.id, ModelAlias.alias == alias)
         .execution_options(synchronize_session=False)
     )
-    if result.rowcount == 0:
+    if rows_matched(result) == 0:
         raise AliasNotFoundError(name, alias)
     bump_generation(session=session)
 

@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, case, false, literal
+from sqlalchemy.orm import InstrumentedAttribute
 
 from app.database import UTCDateTime
 from app.runs.models import ACTIVE_STATUSES, FailureKind, Run, RunStatus
@@ -49,7 +50,7 @@ def end_of_attempt(
     now: datetime,
     then: RunStatus = QUEUED,
     lost: FailureKind | None = None,
-    error: ColumnElement[Any] | str | None = None,
+    error: ColumnElement[Any] | InstrumentedAttribute[Any] | str | None = None,
     error_if_failed: ColumnElement[Any] | str | None = None,
 ) -> dict[str, Any]:
     """The column values that end an attempt short of completing.

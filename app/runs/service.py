@@ -7,10 +7,10 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, delete, exists, func, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from app.config import Limits
-from app.database import utcnow
+from app.database import rows_matched, utcnow
 from app.datasets.ingest import DatasetInputError
 from app.datasets.models import Dataset
 from app.errors import ConflictError, LimitExceededError, Loc, NotFoundError
@@ -305,7 +305,7 @@ def list_runs(
 def _sort_key(sort: str) -> ColumnElement[Any]:
     descending = sort.startswith("-")
     field = sort.removeprefix("-")
-    column: ColumnElement[Any]
+    column: ColumnElement[Any] | InstrumentedAttribute[Any]
     if field == "created_at":
         column = Run.id
     elif field == "name":
@@ -376,6 +376,7 @@ def events_after(
     if run_id is not None:
         query = query.where(RunEvent.run_id == run_id)
     events = []
+    data: dict[str, Any]
     for event, epoch, run in session.execute(query):
         if event.kind == EventKind.EPOCH:
             if epoch is None:
@@ -448,7 +449,7 @@ def _conditional_update(
         .values(**values)
         .execution_options(synchronize_session=False)
     )
-    return result.rowcount == 1
+    return rows_matched(result) == 1
 
 
 def cancel_run(*, session: Session, run_id: int, project: str) -> Run:
@@ -532,7 +533,7 @@ def delete_run(*, session: Session, run_id: int, project: str) -> list[str]:
         .where(Run.id == run_id, Run.status.in_(lifecycle.DELETABLE))
         .execution_options(synchronize_session=False)
     )
-    if result.rowcount == 0:
+    if rows_matched(result) == 0:
         raise RunStateError(f"run {run_id} is {run.status}; cancel it first")
     session.expunge(run)
     return stored

@@ -16,9 +16,8 @@ from sqlalchemy.orm import Session
 from app.audit import service as audit
 from app.config import Settings
 from app.database import Database, unit_of_work
-from app.errors import FitserveError, InvalidInputError
+from app.errors import FitserveError, InvalidInputError, QuotaExceededError
 from app.principal import Principal, Role
-from app.projects.service import QuotaExceededError
 from app.registry import service as registry
 from app.runs import flows as run_flows
 from app.runs import service as runs

@@ -471,7 +471,8 @@ class Trainer:
         optimizer = self.optimizer
         assert optimizer is not None
         if order is None:
-            optimizer.step(self._full_batch_loss)
+            # LBFGS takes a closure that returns the loss tensor, whatever torch's stub says.
+            optimizer.step(self._full_batch_loss)  # type: ignore[arg-type]
         else:
             optimizer.zero_grad(set_to_none=True)
             if self.replica is None:
@@ -612,6 +613,7 @@ class Trainer:
             std = module.target_std.to(float64)
             weight, bias = weight / std, (bias - module.target_mean.to(float64)) / std
         layer = module.net[0]
+        assert isinstance(layer, nn.Linear)
         layer.weight.copy_(weight.reshape(layer.weight.shape))
         layer.bias.copy_(bias.reshape(layer.bias.shape))
 
@@ -645,7 +647,10 @@ class Trainer:
             return
         if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             assert isinstance(self.spec.scheduler, PlateauSchedule)
-            self.scheduler.step(report.value(self.spec.scheduler.metric))
+            watched = report.value(self.spec.scheduler.metric)
+            # The spec admits a plateau schedule only on a metric every epoch reports.
+            assert watched is not None
+            self.scheduler.step(watched)
         else:
             self.scheduler.step()
 
@@ -709,6 +714,7 @@ class Trainer:
 def linear_coefficients(module: TabularNet) -> tuple[torch.Tensor, float]:
     """A linear regression's weights and bias on the original features and targets, in float64."""
     layer = module.net[0]
+    assert isinstance(layer, nn.Linear)
     w = layer.weight.detach().to("cpu", torch.float64).reshape(-1)
     b = float(layer.bias.detach().to("cpu", torch.float64).item())
     if module.standardize_target:

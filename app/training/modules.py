@@ -41,6 +41,12 @@ class TabularNet(nn.Module):
     output back to the original units, so a weights file predicts in the units it was given.
     """
 
+    # Registered as buffers when standardizing: saved with the weights, moved with the module.
+    input_mean: torch.Tensor
+    input_std: torch.Tensor
+    target_mean: torch.Tensor
+    target_std: torch.Tensor
+
     def __init__(
         self,
         *,

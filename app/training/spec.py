@@ -503,7 +503,9 @@ class RunSpec(RunRequest):
             raise FieldMisfit(
                 ("standardize_target",), "only regression targets can be standardized"
             )
-        watched = [("early_stopping", self.early_stopping)]
+        watched: list[tuple[str, EarlyStopping | PlateauSchedule | None]] = [
+            ("early_stopping", self.early_stopping)
+        ]
         if isinstance(self.scheduler, PlateauSchedule):
             watched.append(("scheduler", self.scheduler))
         for field, options in watched:

@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import delete, func, literal, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
-from app.database import UTCDateTime, utcnow
+from app.database import UTCDateTime, rows_matched, utcnow
 from app.projects.models import Project
 from app.runs import lifecycle
 from app.runs.models import ACTIVE_STATUSES, FailureKind, Run, RunStatus
@@ -233,7 +233,7 @@ def reap_expired(*, session: Session, now: datetime | None = None) -> int:
         )
         .execution_options(synchronize_session=False)
     )
-    return result.rowcount
+    return rows_matched(result)
 
 
 def expire_leases_of(*, session: Session, worker_id: str) -> None:
@@ -258,18 +258,20 @@ def fail_unservable(*, session: Session, live_devices: set[str]) -> int:
         if any(request in servable_requests(device) for device in live_devices):
             continue
         available = ", ".join(sorted(live_devices)) or "none"
-        failed += session.execute(
-            update(Run)
-            .where(Run.status == RunStatus.QUEUED, Run.device_request == request)
-            .values(
-                status=RunStatus.FAILED,
-                failure_kind=FailureKind.INVALID_INPUT,
-                error=f"device {request!r} was requested but no worker has it "
-                f"(worker devices: {available})",
-                finished_at=utcnow(),
+        failed += rows_matched(
+            session.execute(
+                update(Run)
+                .where(Run.status == RunStatus.QUEUED, Run.device_request == request)
+                .values(
+                    status=RunStatus.FAILED,
+                    failure_kind=FailureKind.INVALID_INPUT,
+                    error=f"device {request!r} was requested but no worker has it "
+                    f"(worker devices: {available})",
+                    finished_at=utcnow(),
+                )
+                .execution_options(synchronize_session=False)
             )
-            .execution_options(synchronize_session=False)
-        ).rowcount
+        )
     return failed
 
 
@@ -286,7 +288,7 @@ def worker_heartbeat(*, session: Session, worker_id: str, current_run_id: int | 
         .where(WorkerRecord.id == worker_id)
         .values(heartbeat_at=utcnow(), current_run_id=current_run_id, stopped_at=None)
     )
-    return result.rowcount == 1
+    return rows_matched(result) == 1
 
 
 def unregister_worker(*, session: Session, worker_id: str) -> None:
@@ -328,5 +330,5 @@ def heartbeat_node(*, session: Session, record: WorkerRecord) -> None:
         .where(WorkerRecord.id == record.id)
         .values(heartbeat_at=utcnow(), stopped_at=None, host=record.host, device=record.device)
     )
-    if updated.rowcount == 0:
+    if rows_matched(updated) == 0:
         session.add(record)

@@ -108,7 +108,8 @@ class RayExecutor:
             include_dashboard=False,
             configure_logging=False,
         )
-        stop_signal = StopSignal.remote()
+        # ray.remote makes the class an actor class; its stubs do not say so.
+        stop_signal = StopSignal.remote()  # type: ignore[attr-defined]
         self._start_wake_sources()
         try:
             while not self.stop_requested.is_set():
