@@ -28,11 +28,11 @@ from app.metrics.router import router as metrics_router
 from app.polling import Poller
 from app.projects.router import router as projects_router
 from app.registry import service as registry_service
-from app.registry.flows import RegistryEvents
+from app.registry.flows import RegistryHooks
 from app.registry.router import router as registry_router
 from app.request_context import RequestContextMiddleware
 from app.runs import service as runs_service
-from app.runs.flows import RunEvents
+from app.runs.flows import RunHooks
 from app.runs.router import router as runs_router
 from app.serving.cache import ModelCache, NameCache
 from app.serving.fast_path import PredictFastPath
@@ -144,12 +144,12 @@ def create_app(
     # a deleted run is refused while registered and then leaves the model cache; a
     # registry change empties this process's name cache at once; a queued run wakes a
     # local worker (other workers hear PostgreSQL's NOTIFY, or poll).
-    app.state.run_events = RunEvents(
+    app.state.run_hooks = RunHooks(
         queued=wakeup or _no_wakeup,
         deleting=registry_service.release_run,
         deleted=serving.models.invalidate,
     )
-    app.state.registry_events = RegistryEvents(changed=serving.names.advance)
+    app.state.registry_hooks = RegistryHooks(changed=serving.names.advance)
     app.state.dataset_users = runs_service.runs_using_dataset
     app.add_middleware(
         BodySizeLimitMiddleware,

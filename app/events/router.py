@@ -15,6 +15,7 @@ from app.access import TrainAccess
 from app.config import Settings
 from app.dependencies import DatabaseDep, SettingsDep
 from app.error_handlers import ERROR_RESPONSES
+from app.events import service
 from app.events.broker import EventBroker
 from app.ids import Id
 from app.runs import service as runs
@@ -156,9 +157,9 @@ class EventStream:
     def newest_id(self) -> int:
         """The id of the project's newest event (0: none yet)."""
         with self.sessions() as session:
-            return runs.newest_event_id(session=session, project=self.project)
+            return service.newest_event_id(session=session, project=self.project)
 
-    def _read(self, after_id: int) -> tuple[list[runs.StreamEvent], bool]:
+    def _read(self, after_id: int) -> tuple[list[service.StreamEvent], bool]:
         # The status is read before the events: once it is final, its event has committed
         # and the read below includes it.
         try:
@@ -167,7 +168,7 @@ class EventStream:
             # Deleted while streamed: its events went with it.
             return [], True
         with self.sessions() as session:
-            events = runs.events_after(
+            events = service.events_after(
                 session=session,
                 project=self.project,
                 run_id=self.run_id,

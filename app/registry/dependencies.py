@@ -4,12 +4,12 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from app.registry.flows import RegistryEvents
+from app.registry.flows import RegistryHooks
 
 
-async def get_registry_events(request: Request) -> RegistryEvents:
+async def get_registry_hooks(request: Request) -> RegistryHooks:
     """The reactions to registry changes that the app factory wired."""
-    return request.app.state.registry_events
+    return request.app.state.registry_hooks
 
 
-RegistryEventsDep = Annotated[RegistryEvents, Depends(get_registry_events)]
+RegistryHooksDep = Annotated[RegistryHooks, Depends(get_registry_hooks)]

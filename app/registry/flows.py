@@ -20,7 +20,7 @@ def _ignore(_generation: int) -> None:
 
 
 @dataclass(frozen=True)
-class RegistryEvents:
+class RegistryHooks:
     """How the rest of the service reacts to registry changes, wired by the app factory.
 
     `changed` gets the generation a change committed, so this process's serving caches
@@ -33,7 +33,7 @@ class RegistryEvents:
 @contextmanager
 def _change(
     database: Database,
-    events: RegistryEvents,
+    hooks: RegistryHooks,
     principal: Principal,
     action: str,
     name: str,
@@ -44,14 +44,14 @@ def _change(
         yield session
         audit.record(session=session, principal=principal, action=action, object_id=name, **detail)
         generation = service.current_generation(session=session)
-    events.changed(generation)
+    hooks.changed(generation)
 
 
 def register_version(
-    *, database: Database, name: str, run_id: int, events: RegistryEvents, principal: Principal
+    *, database: Database, name: str, run_id: int, hooks: RegistryHooks, principal: Principal
 ) -> ModelVersion:
     """Register a succeeded run as the next version of a model."""
-    with _change(database, events, principal, "model.register", name, run_id=run_id) as session:
+    with _change(database, hooks, principal, "model.register", name, run_id=run_id) as session:
         return service.register_version(
             session=session, project=principal.project, name=name, run_id=run_id
         )
@@ -63,12 +63,12 @@ def set_alias(
     name: str,
     alias: str,
     version: int,
-    events: RegistryEvents,
+    hooks: RegistryHooks,
     principal: Principal,
 ) -> ModelVersion:
     """Point an alias at a version of a model."""
     with _change(
-        database, events, principal, "model.alias.set", name, alias=alias, version=version
+        database, hooks, principal, "model.alias.set", name, alias=alias, version=version
     ) as session:
         return service.set_alias(
             session=session, project=principal.project, name=name, alias=alias, version=version
@@ -76,16 +76,16 @@ def set_alias(
 
 
 def delete_alias(
-    *, database: Database, name: str, alias: str, events: RegistryEvents, principal: Principal
+    *, database: Database, name: str, alias: str, hooks: RegistryHooks, principal: Principal
 ) -> None:
     """Drop an alias."""
-    with _change(database, events, principal, "model.alias.delete", name, alias=alias) as session:
+    with _change(database, hooks, principal, "model.alias.delete", name, alias=alias) as session:
         service.delete_alias(session=session, project=principal.project, name=name, alias=alias)
 
 
 def delete_model(
-    *, database: Database, name: str, events: RegistryEvents, principal: Principal
+    *, database: Database, name: str, hooks: RegistryHooks, principal: Principal
 ) -> None:
     """Forget a model with its versions and aliases."""
-    with _change(database, events, principal, "model.delete", name) as session:
+    with _change(database, hooks, principal, "model.delete", name) as session:
         service.delete_model(session=session, project=principal.project, name=name)

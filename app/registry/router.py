@@ -8,7 +8,7 @@ from app.access import PredictAccess, TrainAccess
 from app.dependencies import DatabaseDep, ReadSessionDep
 from app.error_handlers import ERROR_RESPONSES
 from app.registry import flows, service
-from app.registry.dependencies import RegistryEventsDep
+from app.registry.dependencies import RegistryHooksDep
 from app.registry.schemas import (
     ALIAS_PATTERN,
     AliasRead,
@@ -31,7 +31,7 @@ def register(
     request: RegisterRequest,
     response: Response,
     database: DatabaseDep,
-    events: RegistryEventsDep,
+    hooks: RegistryHooksDep,
     principal: TrainAccess,
 ) -> VersionRead:
     """Register a succeeded run as the next version of a model (created on first use)."""
@@ -39,7 +39,7 @@ def register(
         database=database,
         name=request.name,
         run_id=request.run_id,
-        events=events,
+        hooks=hooks,
         principal=principal,
     )
     response.headers["Location"] = f"/models/{request.name}"
@@ -66,10 +66,10 @@ def get_model(name: str, session: ReadSessionDep, principal: PredictAccess) -> M
 
 @router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT)
 def delete_model(
-    name: str, database: DatabaseDep, events: RegistryEventsDep, principal: TrainAccess
+    name: str, database: DatabaseDep, hooks: RegistryHooksDep, principal: TrainAccess
 ) -> None:
     """Forget a model with its versions and aliases; its runs stay (and become deletable)."""
-    flows.delete_model(database=database, name=name, events=events, principal=principal)
+    flows.delete_model(database=database, name=name, hooks=hooks, principal=principal)
 
 
 @router.put("/{name}/aliases/{alias}")
@@ -78,7 +78,7 @@ def set_alias(
     alias: AliasPath,
     request: AliasRequest,
     database: DatabaseDep,
-    events: RegistryEventsDep,
+    hooks: RegistryHooksDep,
     principal: TrainAccess,
 ) -> AliasRead:
     """Point an alias at a version: create it or move it."""
@@ -87,7 +87,7 @@ def set_alias(
         name=name,
         alias=alias,
         version=request.version,
-        events=events,
+        hooks=hooks,
         principal=principal,
     )
     return AliasRead(name=name, alias=alias, version=version.version, run_id=version.run_id)
@@ -98,10 +98,8 @@ def delete_alias(
     name: str,
     alias: AliasPath,
     database: DatabaseDep,
-    events: RegistryEventsDep,
+    hooks: RegistryHooksDep,
     principal: TrainAccess,
 ) -> None:
     """Drop an alias; predictions by it answer 404 from then on."""
-    flows.delete_alias(
-        database=database, name=name, alias=alias, events=events, principal=principal
-    )
+    flows.delete_alias(database=database, name=name, alias=alias, hooks=hooks, principal=principal)

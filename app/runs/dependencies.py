@@ -4,12 +4,12 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from app.runs.flows import RunEvents
+from app.runs.flows import RunHooks
 
 
-async def get_run_events(request: Request) -> RunEvents:
+async def get_run_hooks(request: Request) -> RunHooks:
     """The reactions to runs that the app factory wired."""
-    return request.app.state.run_events
+    return request.app.state.run_hooks
 
 
-RunEventsDep = Annotated[RunEvents, Depends(get_run_events)]
+RunHooksDep = Annotated[RunHooks, Depends(get_run_hooks)]

@@ -41,7 +41,7 @@ def _forget(_run_id: int) -> None:
 
 
 @dataclass(frozen=True)
-class RunEvents:
+class RunHooks:
     """How the rest of the service reacts to runs, wired by the app factory.
 
     Runs import none of the packages that react: the registry refuses to delete a registered
@@ -72,7 +72,7 @@ def submit_run(
     database: Database,
     request: RunRequest,
     settings: Settings,
-    events: RunEvents,
+    hooks: RunHooks,
     principal: Principal,
     idempotency_key: str | None = None,
 ) -> tuple[Run, bool]:
@@ -86,7 +86,7 @@ def submit_run(
             idempotency_key=idempotency_key,
         )
     if created:
-        events.queued()
+        hooks.queued()
     return run, created
 
 
@@ -136,7 +136,7 @@ def resume_run(
     run_id: int,
     epochs: int | None,
     settings: Settings,
-    events: RunEvents,
+    hooks: RunHooks,
     principal: Principal,
 ) -> Run:
     """Queue a cancelled or failed run again from its checkpoint; wake a worker."""
@@ -170,7 +170,7 @@ def resume_run(
             object_id=run_id,
             epochs=run.epochs_total,
         )
-    events.queued()
+    hooks.queued()
     return run
 
 
@@ -179,15 +179,15 @@ def delete_run(
     database: Database,
     store: ArtifactStore,
     run_id: int,
-    events: RunEvents,
+    hooks: RunHooks,
     principal: Principal,
 ) -> None:
     """Delete a run that is not executing, unless another part refuses; then let it forget,
     and free its checkpoint and weights."""
     with unit_of_work(database.sessions) as session:
         service.get_run(session=session, run_id=run_id, project=principal.project)
-        events.deleting(session=session, run_id=run_id)
+        hooks.deleting(session=session, run_id=run_id)
         stored = service.delete_run(session=session, run_id=run_id, project=principal.project)
         audit.record(session=session, principal=principal, action="run.delete", object_id=run_id)
-    events.deleted(run_id)
+    hooks.deleted(run_id)
     artifacts.release(database=database, store=store, sha256s=stored)

@@ -11,7 +11,7 @@ from app.error_handlers import ERROR_RESPONSES
 from app.errors import InvalidInputError
 from app.ids import MAX_ID, Id
 from app.runs import flows, service
-from app.runs.dependencies import RunEventsDep
+from app.runs.dependencies import RunHooksDep
 from app.runs.models import Run, RunStatus
 from app.runs.schemas import (
     EpochRead,
@@ -37,7 +37,7 @@ def create_run(
     response: Response,
     database: DatabaseDep,
     settings: SettingsDep,
-    events: RunEventsDep,
+    hooks: RunHooksDep,
     principal: TrainAccess,
     idempotency_key: Annotated[
         str | None,
@@ -49,7 +49,7 @@ def create_run(
         database=database,
         request=spec,
         settings=settings,
-        events=events,
+        hooks=hooks,
         principal=principal,
         idempotency_key=idempotency_key,
     )
@@ -193,7 +193,7 @@ def resume_run(
     run_id: Id,
     database: DatabaseDep,
     settings: SettingsDep,
-    events: RunEventsDep,
+    hooks: RunHooksDep,
     principal: TrainAccess,
     request: ResumeRequest | None = None,
 ) -> RunRead:
@@ -203,7 +203,7 @@ def resume_run(
         run_id=run_id,
         epochs=request.epochs if request else None,
         settings=settings,
-        events=events,
+        hooks=hooks,
         principal=principal,
     )
     return RunRead.model_validate(run)
@@ -214,10 +214,10 @@ def delete_run(
     run_id: Id,
     database: DatabaseDep,
     store: ArtifactStoreDep,
-    events: RunEventsDep,
+    hooks: RunHooksDep,
     principal: TrainAccess,
 ) -> None:
     """Delete a run that is not executing nor a registered model version, with its data."""
     flows.delete_run(
-        database=database, store=store, run_id=run_id, events=events, principal=principal
+        database=database, store=store, run_id=run_id, hooks=hooks, principal=principal
     )

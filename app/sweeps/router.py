@@ -9,7 +9,7 @@ from app.access import TrainAccess
 from app.dependencies import DatabaseDep, ReadSessionDep, SettingsDep
 from app.error_handlers import ERROR_RESPONSES
 from app.ids import Id
-from app.runs.dependencies import RunEventsDep
+from app.runs.dependencies import RunHooksDep
 from app.sweeps import flows, service
 from app.sweeps.models import Sweep
 from app.sweeps.schemas import SweepPage, SweepRead, SweepRequest, TrialRead
@@ -48,7 +48,7 @@ def create_sweep(
     database: DatabaseDep,
     session: ReadSessionDep,
     settings: SettingsDep,
-    events: RunEventsDep,
+    hooks: RunHooksDep,
     principal: TrainAccess,
 ) -> SweepRead:
     """Start a sweep: its first trials are queued as runs at once."""
@@ -56,7 +56,7 @@ def create_sweep(
         database=database,
         request=request,
         settings=settings,
-        queued=events.queued,
+        queued=hooks.queued,
         principal=principal,
     )
     response.headers["Location"] = f"/sweeps/{sweep.id}"

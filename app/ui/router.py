@@ -37,15 +37,16 @@ from app.artifacts.dependencies import ArtifactStoreDep
 from app.datasets import service as datasets_service
 from app.dependencies import DatabaseDep, ReadSessionDep, SettingsDep
 from app.errors import FitserveError, ForbiddenError, InvalidInputError, UnauthorizedError
+from app.events import service as events_service
 from app.ids import MAX_ID, Id
 from app.principal import Principal
 from app.registry import flows as registry_flows
 from app.registry import service as registry_service
-from app.registry.dependencies import RegistryEventsDep
+from app.registry.dependencies import RegistryHooksDep
 from app.registry.schemas import ALIAS_PATTERN, AliasRequest, RegisterRequest
 from app.runs import flows as runs_flows
 from app.runs import service as runs_service
-from app.runs.dependencies import RunEventsDep
+from app.runs.dependencies import RunHooksDep
 from app.runs.lifecycle import CANCEL, RESUMABLE
 from app.runs.models import FINAL_STATUSES, Run, RunStatus
 from app.runs.schemas import EpochRead
@@ -306,7 +307,7 @@ def runs_page(
     """The project's runs: status, progress and final metrics, live; filter by name and tag."""
     # Read before the rows: the page's stream starts after it, so nothing that happens
     # between rendering and the stream's connection is missed.
-    newest = runs_service.newest_event_id(session=session, project=principal.project)
+    newest = events_service.newest_event_id(session=session, project=principal.project)
     rows = _run_rows(session, principal, filters, cursor=cursor)
     return _page(
         request,
@@ -390,7 +391,7 @@ def resume(
     run_id: Id,
     database: DatabaseDep,
     settings: SettingsDep,
-    events: RunEventsDep,
+    hooks: RunHooksDep,
     principal: TrainAccess,
     epochs: Annotated[str, Form(max_length=10)] = "",
 ) -> RedirectResponse:
@@ -405,7 +406,7 @@ def resume(
         run_id=run_id,
         epochs=total,
         settings=settings,
-        events=events,
+        hooks=hooks,
         principal=principal,
     )
     return _back_to(run)
@@ -415,7 +416,7 @@ def resume(
 def register(
     run_id: Id,
     database: DatabaseDep,
-    events: RegistryEventsDep,
+    hooks: RegistryHooksDep,
     principal: TrainAccess,
     name: Annotated[str, Form(max_length=200)],
 ) -> RedirectResponse:
@@ -425,7 +426,7 @@ def register(
         database=database,
         name=request.name,
         run_id=request.run_id,
-        events=events,
+        hooks=hooks,
         principal=principal,
     )
     return RedirectResponse(f"/ui/models/{quote(request.name)}", status_code=303)
@@ -548,7 +549,7 @@ def model_page(
 def move_alias(
     name: str,
     database: DatabaseDep,
-    events: RegistryEventsDep,
+    hooks: RegistryHooksDep,
     principal: TrainAccess,
     alias: Annotated[str, Form(max_length=64)],
     version: Annotated[str, Form(max_length=10)],
@@ -565,7 +566,7 @@ def move_alias(
         name=name,
         alias=alias,
         version=request.version,
-        events=events,
+        hooks=hooks,
         principal=principal,
     )
     return RedirectResponse(f"/ui/models/{quote(name)}", status_code=303)

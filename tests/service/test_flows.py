@@ -12,7 +12,7 @@ from app.errors import ConflictError
 from app.principal import OPEN_ACCESS
 from app.runs import flows
 from app.runs import service as runs
-from app.runs.flows import RunEvents
+from app.runs.flows import RunHooks
 from app.training.spec import RunRequest
 from tests.helpers import D2L_SPEC
 
@@ -26,14 +26,14 @@ def database(settings: Settings) -> Iterator[Database]:
 
 def test_submit_wakes_a_worker_only_for_a_new_run(database: Database, settings: Settings):
     woken: list[str] = []
-    events = RunEvents(queued=lambda: woken.append("queued"))
+    hooks = RunHooks(queued=lambda: woken.append("queued"))
     request = RunRequest.model_validate(D2L_SPEC)
     (run, created), (again, created_again) = (
         flows.submit_run(
             database=database,
             request=request,
             settings=settings,
-            events=events,
+            hooks=hooks,
             principal=OPEN_ACCESS,
             idempotency_key="k",
         )
@@ -60,14 +60,14 @@ def test_a_refused_delete_commits_nothing_and_forgets_nothing(
         database=database,
         request=request,
         settings=settings,
-        events=RunEvents(),
+        hooks=RunHooks(),
         principal=OPEN_ACCESS,
     )
     flows.cancel_run(database=database, run_id=run.id, principal=OPEN_ACCESS)
-    refusing = RunEvents(deleting=refuse, deleted=forgotten.append)
+    refusing = RunHooks(deleting=refuse, deleted=forgotten.append)
     with pytest.raises(ConflictError, match="wanted elsewhere"):
         flows.delete_run(
-            database=database, store=store, run_id=run.id, events=refusing, principal=OPEN_ACCESS
+            database=database, store=store, run_id=run.id, hooks=refusing, principal=OPEN_ACCESS
         )
     assert forgotten == []
     with database.read_sessions() as session:
@@ -76,7 +76,7 @@ def test_a_refused_delete_commits_nothing_and_forgets_nothing(
         database=database,
         store=store,
         run_id=run.id,
-        events=RunEvents(deleted=forgotten.append),
+        hooks=RunHooks(deleted=forgotten.append),
         principal=OPEN_ACCESS,
     )
     assert forgotten == [run.id]
