@@ -56,7 +56,8 @@ from common import Spread, environment, free_port, sample_order
 from torch import nn
 
 from app.training.data import Table
-from app.training.engine import EpochReport, Trainer, Uninterrupted
+from app.training.engine import Trainer, Uninterrupted
+from app.training.evaluation import EpochReport
 from app.training.spec import RunRequest, resolve_spec
 
 BIN = Path(sys.executable).parent

@@ -26,7 +26,8 @@ import torch
 from common import Spread, environment, sample_order
 
 from app.training.data import Table
-from app.training.engine import Trainer, Uninterrupted, linear_coefficients
+from app.training.engine import Trainer, Uninterrupted
+from app.training.solvers import linear_coefficients
 from app.training.spec import RunRequest, resolve_spec
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -15,7 +15,7 @@ from app.artifacts import service as artifacts
 from app.artifacts.store import ArtifactStore, StagedObject
 from app.database import utcnow
 from app.runs.models import Checkpoint, Epoch, Weights
-from app.training.engine import EpochReport
+from app.training.evaluation import EpochReport
 from app.training.serialization import CheckpointBlob
 
 

@@ -1,12 +1,11 @@
 """The training loop: batches gathered by a shuffled index into the table's rows, resumable."""
 
 import contextlib
-import itertools
 import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Literal, Protocol
+from typing import Literal, Protocol
 
 import torch
 from torch import distributed, nn
@@ -21,6 +20,7 @@ from app.training.data import (
     split_rows,
     target_statistics,
 )
+from app.training.evaluation import EVAL_CHUNK_ROWS, EarlyStopping, EpochReport, Scorer
 from app.training.modules import TabularNet, make_loss, make_optimizer, make_scheduler
 from app.training.serialization import (
     Architecture,
@@ -29,6 +29,7 @@ from app.training.serialization import (
     pack_checkpoint,
     unpack_checkpoint,
 )
+from app.training.solvers import linear_coefficients, solve_least_squares
 from app.training.spec import (
     ClosedFormOptimizer,
     LBFGSOptimizer,
@@ -37,25 +38,15 @@ from app.training.spec import (
     PlateauSchedule,
     RunRequest,
     RunSpec,
-    metric_mode,
     resolve_spec,
 )
 
-EVAL_CHUNK_ROWS = 65_536
-# Rows scored at a time are chosen so that a chunk's widest activation holds about this many
-# values (2 MiB of float32): it stays in cache, which makes scoring a small network several
-# times faster than with 65,536-row chunks.
-SCORE_CHUNK_VALUES = 1 << 19
-MIN_SCORE_CHUNK_ROWS = 1024
 # Training rows are gathered a block of batches at a time, about this many values (4 MiB of
 # float32) into one reused buffer: one large gather of rows scattered over the table is much
 # faster than a small one per batch, and the block stays small beside the table.
 GATHER_BLOCK_VALUES = 1 << 20
 # What the replicas of a data-parallel run agree on before each batch (the largest wins).
 GO, INTERRUPTED, TIMED_OUT = 0, 1, 2
-# Below this ratio of smallest to largest pivot (squared) the normal equations are taken as
-# singular: with float32 data the smaller directions are rounding noise, not signal.
-SINGULAR_RATIO = 1e-10
 
 
 @dataclass(frozen=True)
@@ -64,29 +55,6 @@ class Replica:
 
     rank: int
     world_size: int
-
-
-@dataclass(frozen=True)
-class EpochReport:
-    """What one finished epoch measured."""
-
-    epoch: int
-    train_loss: float
-    val_loss: float | None
-    metrics: dict[str, float]
-    seconds: float
-
-    def value(self, name: str) -> float | None:
-        """A loss or metric by name."""
-        return {"train_loss": self.train_loss, "val_loss": self.val_loss, **self.metrics}[name]
-
-    def non_finite(self) -> str | None:
-        """The first loss or metric that is NaN or infinite, if any."""
-        for name in ("train_loss", "val_loss", *self.metrics):
-            value = self.value(name)
-            if value is not None and not math.isfinite(value):
-                return name
-        return None
 
 
 @dataclass(frozen=True)
@@ -130,17 +98,6 @@ class _Progress:
     epoch_seconds: float = 0.0
     # The learning rate at the current (or last) epoch's first step, reported as `lr`.
     lr: float | None = None
-
-
-@dataclass
-class _EarlyStopping:
-    """Where early stopping stands; JSON-ready, so it travels in checkpoints."""
-
-    best: float | None = None
-    best_epoch: int | None = None
-    best_report: dict[str, Any] | None = None
-    bad_epochs: int = 0
-    stopped: bool = False
 
 
 def _seeded_generator(seed: int) -> torch.Generator:
@@ -225,11 +182,6 @@ class Trainer:
         )
         torch.manual_seed(spec.seed)
         self.module = self.architecture.build()
-        hidden = spec.model.hidden if isinstance(spec.model, MLPModel) else []
-        widest = max(table.n_features, table.n_outputs, *hidden)
-        self._score_chunk_rows = min(
-            EVAL_CHUNK_ROWS, max(MIN_SCORE_CHUNK_ROWS, SCORE_CHUNK_VALUES // widest)
-        )
         # The feature matrix is never copied in part: training and validation rows are
         # gathered from it by index, a batch or a chunk at a time. When every row trains
         # there is no index at all. Targets, one column, are gathered once.
@@ -258,6 +210,13 @@ class Trainer:
             else self.train_y
         )
         self.loss_fn = make_loss(spec.loss)
+        hidden = spec.model.hidden if isinstance(spec.model, MLPModel) else []
+        self.scorer = Scorer(
+            module=self.module,
+            loss_fn=self.loss_fn,
+            task=spec.task,
+            widest=max(table.n_features, table.n_outputs, *hidden),
+        )
         self.optimizer = make_optimizer(spec.optimizer, self.module.parameters())
         self.full_batch = isinstance(spec.optimizer, LBFGSOptimizer | ClosedFormOptimizer)
         if replica is not None and self.full_batch and replica.world_size > 1:
@@ -293,8 +252,7 @@ class Trainer:
         self.shuffle_generator = _seeded_generator(spec.seed)
         self._epoch_shuffle_state = self.shuffle_generator.get_state()
         self._progress = _Progress()
-        self._early = _EarlyStopping()
-        self._best_state: dict[str, torch.Tensor] | None = None
+        self.early_stopping = EarlyStopping(spec.early_stopping)
 
     @property
     def epochs_done(self) -> int:
@@ -313,8 +271,8 @@ class Trainer:
                 rng=rng,
                 progress=asdict(self._progress),
                 scheduler=None if self.scheduler is None else self.scheduler.state_dict(),
-                early_stopping=None if self.spec.early_stopping is None else asdict(self._early),
-                best=self._best_state,
+                early_stopping=self.early_stopping.checkpoint_state(),
+                best=self.early_stopping.best_weights,
             ),
         )
 
@@ -337,10 +295,7 @@ class Trainer:
                         "a onecycle schedule cannot change length: resume with the run's epochs",
                         loc=("body", "epochs"),
                     )
-        if state.early_stopping is not None:
-            self._early = _EarlyStopping(**state.early_stopping)
-        if state.best is not None:
-            self._best_state = {name: t.to(self.device) for name, t in state.best.items()}
+        self.early_stopping.restore(state.early_stopping, state.best, self.device)
 
     def run(self, hooks: TrainingHooks) -> Outcome:
         """Train until the epochs are done, early stopping ends them, or hooks or failure stop."""
@@ -399,7 +354,7 @@ class Trainer:
             else attempt_start + (spec.max_seconds - elapsed_before)
         )
         report: EpochReport | None = None
-        while progress.epoch < spec.epochs and not self._early.stopped:
+        while progress.epoch < spec.epochs and not self.early_stopping.stopped:
             epoch = progress.epoch + 1
             epoch_start = time.perf_counter() - progress.epoch_seconds
             order = None
@@ -449,7 +404,7 @@ class Trainer:
                     last_report=report,
                 )
             # Both before the hooks, so the checkpoint they may take holds their new state.
-            self._watch(report)
+            self.early_stopping.observe(report, self.module)
             self._schedule_epoch(report)
             hooks.epoch_finished(report, self)
         return self._finish(report)
@@ -466,7 +421,7 @@ class Trainer:
         """One optimizer step: a minibatch, the full batch (LBFGS), or the direct solve."""
         if self._closed_form:
             assert isinstance(self.spec.optimizer, ClosedFormOptimizer)
-            self._solve_least_squares(self.spec.optimizer.l2)
+            solve_least_squares(self.module, self.train_x, self.train_y, l2=self.spec.optimizer.l2)
             return
         optimizer = self.optimizer
         assert optimizer is not None
@@ -551,96 +506,6 @@ class Trainer:
             total += loss.detach()
         return total
 
-    @torch.no_grad()
-    def _solve_least_squares(self, l2: float) -> None:
-        """Set the linear layer to the (ridge) least-squares solution, in float64.
-
-        The normal equations of [x, y] are accumulated over row chunks (memory O(d^2)),
-        centred, scaled to unit diagonal and solved by Cholesky; the bias is the unpenalised
-        intercept. The fit is of the raw features and mapped onto the module's standardization
-        afterwards; l2 penalises the weights the module holds (standardized ones, if so).
-        """
-        module = self.module
-        float64 = torch.float64
-        n_rows, n_features = len(self.train_x), self.train_x.matrix.shape[1]
-        chunks = self.train_x.chunks(EVAL_CHUNK_ROWS)
-        # Rows are shifted by the first chunk's means before the products, so that a large
-        # mean does not cancel catastrophically when the sums are centred.
-        head_x, head_y = next(chunks), self.train_y[:EVAL_CHUNK_ROWS]
-        shift_x, shift_y = head_x.mean(dim=0).to(float64), head_y.mean().to(float64)
-        # One product of [x - shift, y - shift, 1] per chunk gives every sum the solve needs:
-        # the cross products, the column sums (last row) and the count.
-        width = n_features + 2
-        buffer = torch.empty(
-            (min(n_rows, EVAL_CHUNK_ROWS), width), dtype=float64, device=self.device
-        )
-        buffer[:, -1] = 1.0
-        gram = torch.zeros((width, width), dtype=float64, device=self.device)
-        for x, y in zip(
-            itertools.chain([head_x], chunks),
-            torch.split(self.train_y, EVAL_CHUNK_ROWS),
-            strict=True,
-        ):
-            block = buffer[: x.shape[0]]
-            torch.sub(x, shift_x, out=block[:, :n_features])
-            torch.sub(y, shift_y, out=block[:, n_features])
-            gram.addmm_(block.T, block)
-        mean = gram[-1, :-1] / n_rows
-        gram = gram[:-1, :-1] - n_rows * torch.outer(mean, mean)
-        mean += torch.cat([shift_x, shift_y.unsqueeze(0)])
-        xx, xy = gram[:n_features, :n_features], gram[:n_features, n_features]
-        penalty = torch.full((n_features,), l2, dtype=float64, device=self.device)
-        if module.standardize:
-            penalty *= module.input_std.to(float64) ** 2
-        scale = xx.diagonal().sqrt()
-        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-        system = xx / torch.outer(scale, scale)
-        system.diagonal().add_(penalty / scale**2)
-        rhs = xy / scale
-        factor, info = torch.linalg.cholesky_ex(system)
-        pivots = factor.diagonal() ** 2
-        if int(info) == 0 and pivots.min() > SINGULAR_RATIO * pivots.max():
-            solution = torch.cholesky_solve(rhs.unsqueeze(1), factor).squeeze(1)
-        else:
-            # Collinear features: the minimum-norm solution of the scaled system.
-            solution = torch.linalg.pinv(system, rtol=SINGULAR_RATIO, hermitian=True) @ rhs
-        weight = solution / scale
-        bias = mean[n_features] - mean[:n_features] @ weight
-        if module.standardize:
-            bias = bias + module.input_mean.to(float64) @ weight
-            weight = weight * module.input_std.to(float64)
-        if module.standardize_target:
-            std = module.target_std.to(float64)
-            weight, bias = weight / std, (bias - module.target_mean.to(float64)) / std
-        layer = module.net[0]
-        assert isinstance(layer, nn.Linear)
-        layer.weight.copy_(weight.reshape(layer.weight.shape))
-        layer.bias.copy_(bias.reshape(layer.bias.shape))
-
-    def _watch(self, report: EpochReport) -> None:
-        """Early stopping: remember the best epoch (and its weights); stop when patience ends."""
-        options = self.spec.early_stopping
-        if options is None:
-            return
-        value = report.value(options.metric)
-        assert value is not None  # the spec asks for validation rows to watch val_ metrics
-        state = self._early
-        if metric_mode(options.metric, options.mode) == "min":
-            improved = state.best is None or value < state.best - options.min_delta
-        else:
-            improved = state.best is None or value > state.best + options.min_delta
-        if improved:
-            state.best, state.best_epoch, state.bad_epochs = value, report.epoch, 0
-            state.best_report = asdict(report)
-            if options.restore_best:
-                self._best_state = {
-                    name: tensor.detach().clone()
-                    for name, tensor in self.module.state_dict().items()
-                }
-        else:
-            state.bad_epochs += 1
-            state.stopped = state.bad_epochs >= options.patience
-
     def _schedule_epoch(self, report: EpochReport) -> None:
         """Step an epoch-wise schedule (one-cycle steps every batch instead)."""
         if self.scheduler is None or isinstance(self.spec.scheduler, OneCycleSchedule):
@@ -656,74 +521,35 @@ class Trainer:
 
     def _finish(self, report: EpochReport | None) -> Outcome:
         """The outcome of a run whose epochs are done or that early stopping ended."""
-        progress, options, early = self._progress, self.spec.early_stopping, self._early
-        if options is not None and options.restore_best and self._best_state is not None:
-            self.module.load_state_dict(self._best_state)
-            report = None if early.best_report is None else EpochReport(**early.best_report)
+        progress, early = self._progress, self.early_stopping
+        if early.restore_best(self.module):
+            best = early.state.best_report
+            report = None if best is None else EpochReport(**best)
         if report is None and progress.epoch > 0:
             # Resumed from the last epoch's checkpoint: report what that epoch left.
             report = self._evaluate(progress.epoch, seconds=0.0)
-        if options is None:
+        if early.options is None:
             return Outcome("completed", epoch=progress.epoch, last_report=report)
         return Outcome(
             "completed",
             epoch=progress.epoch,
             last_report=report,
             stopped_early_at=progress.epoch if early.stopped else None,
-            best_epoch=early.best_epoch,
+            best_epoch=early.state.best_epoch,
         )
 
     @torch.no_grad()
     def _evaluate(self, epoch: int, *, seconds: float) -> EpochReport:
         self.module.eval()
-        train_loss, train_metrics = self._score(self.train_x, self.train_y)
+        train_loss, train_metrics = self.scorer(self.train_x, self.train_y)
         metrics = {f"train_{name}": value for name, value in train_metrics.items()}
         val_loss = None
         if len(self.val_y):
-            val_loss, val_metrics = self._score(self.val_x, self.val_y)
+            val_loss, val_metrics = self.scorer(self.val_x, self.val_y)
             metrics.update({f"val_{name}": value for name, value in val_metrics.items()})
         if self._progress.lr is not None:
             metrics["lr"] = self._progress.lr
         return EpochReport(epoch, train_loss, val_loss, metrics, seconds)
-
-    def _score(self, features: RowSubset, targets: torch.Tensor) -> tuple[float, dict[str, float]]:
-        # The outputs are kept whole, so that the loss and metrics reduce as one tensor. They
-        # go into one tensor made at the first chunk: a list of small chunk outputs, each
-        # allocated among the chunk's larger temporaries, fragments the heap until it holds
-        # as much as the features themselves.
-        outputs: torch.Tensor | None = None
-        size = self._score_chunk_rows
-        for start, chunk in zip(range(0, len(features), size), features.chunks(size), strict=True):
-            output = self.module(chunk)
-            if outputs is None:
-                outputs = output.new_empty((len(features), *output.shape[1:]))
-            outputs[start : start + chunk.shape[0]] = output
-        assert outputs is not None  # only parts with rows are scored
-        loss = self.loss_fn(outputs, targets)
-        if self.architecture.task == "classification":
-            accuracy = (outputs.argmax(dim=1) == targets).float().mean()
-            values = torch.stack([loss, accuracy]).tolist()
-            return values[0], {"accuracy": values[1]}
-        residual = outputs - targets
-        total = ((targets - targets.mean()) ** 2).sum()
-        r2 = 1 - (residual**2).sum() / total if total > 0 else torch.tensor(0.0, device=self.device)
-        values = torch.stack([loss, (residual**2).mean().sqrt(), r2.to(loss.dtype)]).tolist()
-        return values[0], {"rmse": values[1], "r2": values[2]}
-
-
-def linear_coefficients(module: TabularNet) -> tuple[torch.Tensor, float]:
-    """A linear regression's weights and bias on the original features and targets, in float64."""
-    layer = module.net[0]
-    assert isinstance(layer, nn.Linear)
-    w = layer.weight.detach().to("cpu", torch.float64).reshape(-1)
-    b = float(layer.bias.detach().to("cpu", torch.float64).item())
-    if module.standardize_target:
-        std = float(module.target_std.to("cpu", torch.float64).item())
-        w, b = w * std, b * std + float(module.target_mean.to("cpu", torch.float64).item())
-    if module.standardize:
-        w = w / module.input_std.to("cpu", torch.float64)
-        b = b - float((w * module.input_mean.to("cpu", torch.float64)).sum())
-    return w, b
 
 
 def estimation_error(trainer: Trainer) -> dict[str, list[float] | float] | None:

@@ -26,13 +26,8 @@ from app.runs import records
 from app.runs.models import FailureKind, RunStatus
 from app.sweeps import flows as sweeps
 from app.training.data import Table
-from app.training.engine import (
-    EpochReport,
-    Outcome,
-    Replica,
-    Trainer,
-    estimation_error,
-)
+from app.training.engine import Outcome, Replica, Trainer, estimation_error
+from app.training.evaluation import EpochReport
 from app.training.serialization import CheckpointBlob, export_weights
 from app.training.spec import RunSpec
 from app.worker import queue

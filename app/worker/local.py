@@ -19,10 +19,7 @@ from app.logs import log_context
 from app.processes import stop_on_signals
 from app.runs.models import FailureKind
 from app.sweeps import flows as sweeps
-from app.training.engine import (
-    Replica,
-    warm_up,
-)
+from app.training.engine import Replica, warm_up
 from app.training.spec import RunSpec
 from app.worker import queue
 from app.worker.attempt import ExecutionContext, RunExecution, WorkerSettings

@@ -28,7 +28,8 @@ from app.errors import ResourceError
 from app.processes import exit_with_parent, stop_on_signals
 from app.runs import records
 from app.training.data import Table
-from app.training.engine import EpochReport, Replica, Trainer
+from app.training.engine import Replica, Trainer
+from app.training.evaluation import EpochReport
 from app.training.serialization import CheckpointBlob
 from app.training.spec import RunSpec
 from app.worker.queue import Claim

@@ -24,7 +24,7 @@ from app.config import Settings
 from app.database import make_engine, make_session_factory, unit_of_work, utcnow
 from app.runs import records
 from app.runs.models import Run
-from app.training.engine import EpochReport
+from app.training.evaluation import EpochReport
 from app.worker import queue
 from tests.helpers import (
     D2L_SPEC,

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from app.training.data import materialize
-from app.training.engine import EpochReport, Trainer, estimation_error
+from app.training.engine import Trainer, estimation_error
+from app.training.evaluation import EpochReport
 from app.training.serialization import export_weights, import_weights, read_architecture
 from app.training.spec import RunRequest, resolve_spec
 from tests.helpers import D2L_SPEC, long_spec

@@ -15,7 +15,8 @@ import torch
 from torch import distributed
 
 from app.training.data import materialize
-from app.training.engine import EpochReport, Replica, Trainer, estimation_error
+from app.training.engine import Replica, Trainer, estimation_error
+from app.training.evaluation import EpochReport
 from app.training.serialization import CheckpointBlob
 from app.training.spec import RunRequest, resolve_spec
 from tests.specs import D2L_SPEC as D2L

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from app.errors import InvalidInputError
-from app.training.engine import EpochReport, Outcome, Trainer
+from app.training.engine import Outcome, Trainer
+from app.training.evaluation import EpochReport
 from app.training.serialization import CheckpointBlob
 from app.worker.attempt import _final_metrics
 from tests.helpers import D2L_SPEC, long_spec

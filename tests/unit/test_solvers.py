@@ -10,13 +10,14 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
 from app.training.data import Table
-from app.training.engine import Trainer, estimation_error, linear_coefficients
+from app.training.engine import Trainer, estimation_error
 from app.training.serialization import (
     export_weights,
     import_weights,
     read_architecture,
     read_metadata,
 )
+from app.training.solvers import linear_coefficients
 from app.training.spec import RunRequest, resolve_spec
 from tests.unit.test_engine import Recorder, trainer_for
 
