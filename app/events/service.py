@@ -1,6 +1,6 @@
 """The run event streams' reads: a project's (or one run's) events after an id, as a stream
-sends them, and the newest id. The table (`runs.models.RunEvent`) is written by the runs
-domain, in the transaction of each change it records."""
+sends them, and the newest id. The table (`runs.models.RunEvent`) is written by database
+triggers (migration 0006), in the transaction of each change it records."""
 
 from dataclasses import dataclass
 from typing import Any
